@@ -1,0 +1,1 @@
+"""LoveDA benchmark utilities."""

@@ -1,0 +1,168 @@
+"""``LoveDADataModule``: LoveDA for Lightning (random crops to train, whole tiles to evaluate)."""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Subset
+
+from .classes import normalize_scenes, normalize_split
+from .datasets import LoveDASegmentation
+from .paths import resolve_data_root
+from .synthetic import is_synthetic
+from .transforms import crop_fits, eval_transforms, train_transforms
+from .validation import check_tree
+
+Sample = dict[str, Any]
+
+
+def seed_worker(worker_id: int) -> None:
+    """Seed numpy and ``random`` in each worker from torch's per-worker seed (torch seeds itself)."""
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def default_num_workers() -> int:
+    """Decoding 1024 px PNGs is CPU-bound: one worker per core, capped at 8."""
+    return max(0, min(8, (os.cpu_count() or 1)))
+
+
+class LoveDADataModule(L.LightningDataModule):
+    """LoveDA for training and evaluation.
+
+    Training batches are random crops through :func:`~loveda_utils.transforms.train_transforms`
+    (MMSeg's LoveDA pipeline); evaluation uses whole tiles. Images stay ``uint8`` until the model
+    normalises them on the device. Before any worker starts, :meth:`setup` validates the splits it
+    will read (``validate="quick"``: pairing and headers; ``"full"``: decode everything) and raises
+    :class:`~loveda_utils.errors.InvalidDataError` listing each bad file.
+    """
+
+    def __init__(
+        self,
+        root: str | Path | None = None,
+        *,
+        train_scenes: str | Sequence[str] = "both",
+        eval_scenes: str | Sequence[str] = "both",
+        eval_split: str = "val",
+        batch_size: int = 16,
+        eval_batch_size: int = 1,
+        crop_size: int = 512,
+        num_workers: int | None = None,
+        pin_memory: bool | None = None,
+        seed: int = 0,
+        train_transform: Callable[[Sample], Sample] | None = None,
+        eval_transform: Callable[[Sample], Sample] | None = None,
+        limit_eval_images: int | None = None,
+        validate: str | None = "quick",
+    ) -> None:
+        """Args:
+        root: LoveDA root; ``None`` -> ``$LOVEDA_ROOT`` -> the embedded mini-LoveDA.
+        train_scenes, eval_scenes: ``"urban"``, ``"rural"``, ``"both"`` or a list.
+        eval_split: split used by ``val_dataloader``/``test_dataloader`` (``"test"`` has no masks:
+            predictions only).
+        batch_size: training batch size; ``eval_batch_size``: whole tiles per evaluation batch.
+        crop_size: training crop; refused when larger than the tiles.
+        num_workers: loader processes (default: one per core, up to 8).
+        pin_memory: page-locked host memory for faster copies (default: when CUDA is available).
+        seed: seeds the shuffling and, through it, every worker's augmentation stream.
+        train_transform, eval_transform: replace the default pipelines.
+        limit_eval_images: evaluate only the first N tiles (in file order) of the eval split.
+        validate: ``"quick"``, ``"full"`` or ``None`` (skip the up-front check).
+        """
+        super().__init__()
+        self.save_hyperparameters(ignore=["train_transform", "eval_transform"])
+        self.root = resolve_data_root(root)
+        self.train_scenes = normalize_scenes(train_scenes)
+        self.eval_scenes = normalize_scenes(eval_scenes)
+        self.eval_split = normalize_split(eval_split)
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size
+        self.crop_size = crop_size
+        self.num_workers = default_num_workers() if num_workers is None else num_workers
+        self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
+        self.seed = seed
+        self.train_transform = train_transform or train_transforms(crop_size)
+        self.eval_transform = eval_transform or eval_transforms()
+        self.limit_eval_images = limit_eval_images
+        self.validate = validate
+        self.synthetic = is_synthetic(self.root)
+        self.train_dataset: LoveDASegmentation | None = None
+        self.eval_dataset: LoveDASegmentation | Subset | None = None
+
+    # -- setup ---------------------------------------------------------------------------------
+
+    def _check(self, split: str, scenes: Sequence[str]) -> None:
+        if self.validate:
+            check_tree(self.root, [split], scenes, level=self.validate).raise_for_problems()
+
+    def setup(self, stage: str | None = None) -> None:
+        """Validate and build the datasets a stage needs (``fit``, ``validate``, ``test``, ``predict``)."""
+        if stage in (None, "fit") and self.train_dataset is None:
+            self._check("Train", self.train_scenes)
+            self.train_dataset = LoveDASegmentation(self.root, "train", self.train_scenes, self.train_transform)
+            crop_fits(self.crop_size, self.tile_size(self.train_dataset))
+        if self.eval_dataset is None:
+            self._check(self.eval_split, self.eval_scenes)
+            dataset = LoveDASegmentation(self.root, self.eval_split, self.eval_scenes, self.eval_transform)
+            if self.limit_eval_images is not None:
+                dataset = Subset(dataset, range(min(self.limit_eval_images, len(dataset))))
+            self.eval_dataset = dataset
+
+    @staticmethod
+    def tile_size(dataset: LoveDASegmentation) -> tuple[int, int]:
+        """(height, width) of the first tile, read from its PNG header."""
+        with Image.open(dataset.files[0]["image"]) as img:
+            return img.height, img.width
+
+    # -- loaders -------------------------------------------------------------------------------
+
+    def _loader(self, dataset, batch_size: int, shuffle: bool) -> DataLoader:
+        workers = self.num_workers
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            drop_last=shuffle and len(dataset) >= batch_size,
+            num_workers=workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=workers > 0,
+            worker_init_fn=seed_worker if workers > 0 else None,
+            generator=torch.Generator().manual_seed(self.seed),
+            prefetch_factor=2 if workers > 0 else None,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        if self.train_dataset is None:
+            self.setup("fit")
+        return self._loader(self.train_dataset, self.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        if self.eval_dataset is None:
+            self.setup("validate")
+        return self._loader(self.eval_dataset, self.eval_batch_size, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self.val_dataloader()
+
+    def predict_dataloader(self) -> DataLoader:
+        return self.val_dataloader()
+
+    def describe(self) -> dict[str, Any]:
+        """Facts for the results record's ``dataset`` field."""
+        n_eval = len(self.eval_dataset) if self.eval_dataset is not None else None
+        return {
+            "root": str(self.root),
+            "split": self.eval_split,
+            "scenes": [s.lower() for s in self.eval_scenes],
+            "n_images": n_eval,
+            "synthetic": self.synthetic,
+        }

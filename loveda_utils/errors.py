@@ -1,0 +1,41 @@
+"""Error classes. Each message names the argument or file at fault and says how to fix it."""
+
+from __future__ import annotations
+
+
+class LoveDAError(Exception):
+    """Base class of every error this package raises on purpose."""
+
+
+class DatasetNotFoundError(LoveDAError, FileNotFoundError):
+    """The LoveDA root (or a split/scene inside it) is not on disk."""
+
+
+class InvalidDataError(LoveDAError, ValueError):
+    """A LoveDA tree exists but holds problems (missing pairs, bad PNGs, bad mask values).
+
+    ``problems`` keeps the individual messages, each naming its file.
+    """
+
+    def __init__(self, message: str, problems: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.problems = list(problems or [])
+
+
+class UnknownModelError(LoveDAError, KeyError):
+    """A model name that the registry does not hold; the message lists the valid names."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0]) if self.args else ""
+
+
+class WeightsError(LoveDAError, ValueError):
+    """Pretrained weights that cannot be used: missing offline, corrupt, or not fitting the backbone."""
+
+
+class CheckpointError(LoveDAError, ValueError):
+    """A checkpoint that is missing, unreadable, or for another model."""
+
+
+class ConfigError(LoveDAError, ValueError):
+    """A bad parameter value (crop larger than the tile, unknown profile, ...)."""
