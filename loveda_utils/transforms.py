@@ -296,6 +296,11 @@ def eval_transforms(*, normalization: bool | Step = False) -> v2.Compose:
     return v2.Compose([s for s in steps if s is not None])
 
 
+def default_crop_size(tile_side: int) -> int:
+    """MMSeg trains 512 px crops on 1024 px tiles: half the tile, at most 512."""
+    return max(16, min(512, tile_side // 2))
+
+
 def crop_fits(crop_size: int, tile_size: tuple[int, int]) -> None:
     """Refuse a training crop larger than the tiles (``ConfigError`` naming both)."""
     h, w = tile_size

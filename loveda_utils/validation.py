@@ -110,6 +110,16 @@ class DataReport:
             )
         return lines
 
+    def counts_frame(self):
+        """Images and masks per split/scene as a ``pandas.DataFrame``."""
+        import pandas as pd
+
+        return pd.DataFrame([
+            {"split": s.split, "scene": s.scene, "images": s.n_images, "masks": s.n_masks,
+             "tile size": ", ".join(f"{w}x{h}" for w, h in sorted(s.sizes))}
+            for s in self.summaries
+        ])
+
     def raise_for_problems(self) -> None:
         """Raise :class:`InvalidDataError` carrying every problem (named files) when not ok."""
         if self.ok:

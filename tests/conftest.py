@@ -6,13 +6,15 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+import matplotlib
 import numpy as np
 import pytest
 from PIL import Image
 
-# Tests never touch the network and never open windows.
+# Tests never touch the network and never open windows. (Only this process gets Agg: an
+# MPLBACKEND variable would also reach papermill's kernels and hide their inline figures.)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("MPLBACKEND", "Agg")
+matplotlib.use("Agg")
 
 REPO = Path(__file__).resolve().parents[1]
 #: The 16 real LoveDA tiles beside the repository (never copied into it).
@@ -30,7 +32,7 @@ def write_pair(folder: Path, name: str, raw_mask: np.ndarray, with_mask: bool = 
     Image.fromarray(RAW_COLOURS[raw_mask]).save(folder / "images_png" / name)
     if with_mask:
         (folder / "masks_png").mkdir(parents=True, exist_ok=True)
-        Image.fromarray(raw_mask.astype(np.uint8), mode="L").save(folder / "masks_png" / name)
+        Image.fromarray(raw_mask.astype(np.uint8)).save(folder / "masks_png" / name)
 
 
 def random_raw_mask(rng: np.random.Generator, size: int, block: int = 8) -> np.ndarray:

@@ -156,19 +156,19 @@ def _damage(root: Path) -> dict[str, Path]:
     damage["unreadable"] = garbage
     truncated = rural / "masks_png" / "3.png"
     big = np.kron(rng.integers(1, 8, (64, 64), dtype=np.uint8), np.ones((1, 1), np.uint8))
-    Image.fromarray(big, mode="L").save(truncated)
+    Image.fromarray(big).save(truncated)
     truncated.write_bytes(truncated.read_bytes()[:-200])
     damage["truncated"] = truncated
     val = root / "Val" / "Urban"
     write_pair(val, "6.png", np.ones((64, 64), np.uint8))
-    Image.fromarray(np.zeros((64, 64), np.uint8), mode="L").save(val / "images_png" / "6.png")
+    Image.fromarray(np.zeros((64, 64), np.uint8)).save(val / "images_png" / "6.png")
     damage["not 3-channel"] = val / "images_png" / "6.png"
     write_pair(val, "7.png", np.ones((64, 64), np.uint8))
-    Image.fromarray(np.ones((32, 64), np.uint8), mode="L").save(val / "masks_png" / "7.png")
+    Image.fromarray(np.ones((32, 64), np.uint8)).save(val / "masks_png" / "7.png")
     damage["size"] = val / "images_png" / "7.png"
     out_of_range = np.ones((64, 64), np.uint8)
     out_of_range[0, :3] = [8, 9, 200]
-    Image.fromarray(out_of_range, mode="L").save(root / "Val" / "Rural" / "masks_png" / "8.png")
+    Image.fromarray(out_of_range).save(root / "Val" / "Rural" / "masks_png" / "8.png")
     damage["values"] = root / "Val" / "Rural" / "masks_png" / "8.png"
     shutil.rmtree(root / "Test" / "Rural")
     damage["scene folder"] = root / "Test" / "Rural"
@@ -212,6 +212,6 @@ def test_check_data_missing_root_and_split(tmp_path: Path, capsys: pytest.Captur
 def test_quick_check_skips_decoding(tiny_tree: Path) -> None:
     damaged = tiny_tree / "Train" / "Urban" / "masks_png" / "0.png"
     values = np.full((64, 64), 9, np.uint8)
-    Image.fromarray(values, mode="L").save(damaged)
+    Image.fromarray(values).save(damaged)
     assert check_tree(tiny_tree, level="quick").ok
     assert not check_tree(tiny_tree, level="full").ok
