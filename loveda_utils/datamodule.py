@@ -81,6 +81,7 @@ class LoveDADataModule(L.LightningDataModule):
         super().__init__()
         self.save_hyperparameters(ignore=["train_transform", "eval_transform"])
         self.root = resolve_data_root(root)
+        self.hparams["root"] = str(self.root)  # checkpoints load with weights_only: plain types only
         self.train_scenes = normalize_scenes(train_scenes)
         self.eval_scenes = normalize_scenes(eval_scenes)
         self.eval_split = normalize_split(eval_split)

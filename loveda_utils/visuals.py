@@ -146,3 +146,266 @@ def plot_pipeline_draws(sample: Sample, pipeline, draws: int = 4, seed: int = 0,
         axs[r][0].text(-0.08, 0.5, name, transform=axs[r][0].transAxes, rotation=90, va="center", ha="right")
     fig.tight_layout()
     return fig
+
+
+# -- results comparison (notebook 04) ------------------------------------------------------------
+
+#: Error-map colours: correct, wrong, ignored (no-data in the ground truth).
+ERROR_COLORS: tuple[tuple[int, int, int], ...] = ((46, 160, 67), (214, 39, 40), (0, 0, 0))
+
+
+def _empty_figure(message: str) -> Figure:
+    """A one-axes figure saying why there is nothing to plot (a notebook never crashes on it)."""
+    fig, ax = plt.subplots(figsize=(6, 1.5))
+    ax.text(0.5, 0.5, message, ha="center", va="center", wrap=True)
+    ax.axis("off")
+    return fig
+
+
+def plot_per_class_heatmap(per_class_df) -> Figure:
+    """Heatmap of per-class IoU (%): models (rows) x classes (columns), each cell annotated.
+
+    ``per_class_df``: :func:`loveda_utils.results.per_class_table`; its ``mIoU`` column, when
+    present, is set off from the classes by a white line.
+    """
+    if per_class_df is None or per_class_df.empty:
+        return _empty_figure("no runs to compare yet")
+    values = per_class_df.to_numpy(dtype=float)
+    rows, cols = values.shape
+    fig, ax = plt.subplots(figsize=(1.1 * cols + 4, 0.5 * rows + 2))
+    image = ax.imshow(np.ma.masked_invalid(values), cmap="viridis", vmin=0, vmax=100, aspect="auto")
+    for i in range(rows):
+        for j in range(cols):
+            v = values[i, j]
+            text = "-" if np.isnan(v) else f"{v:.1f}"
+            ax.text(
+                j,
+                i,
+                text,
+                ha="center",
+                va="center",
+                fontsize=9,
+                color="black" if not np.isnan(v) and v > 60 else "white",
+            )
+    ax.set_xticks(range(cols), [str(c) for c in per_class_df.columns], rotation=30, ha="right")
+    ax.set_yticks(range(rows), [str(i) for i in per_class_df.index])
+    if "mIoU" in per_class_df.columns:
+        ax.axvline(list(per_class_df.columns).index("mIoU") - 0.5, color="white", linewidth=3)
+    ax.set_title("IoU per class (%)")
+    fig.colorbar(image, ax=ax, label="IoU (%)")
+    fig.tight_layout()
+    return fig
+
+
+def plot_scene_comparison(records) -> Figure:
+    """Urban vs rural mIoU (%) per model, as grouped bars (newest record per run group).
+
+    Bars of synthetic (mini-LoveDA) runs are hatched, besides the † in their label.
+    """
+    from .results import scene_table, select_records
+
+    table = scene_table(records)
+    if table.empty:
+        return _empty_figure("no runs to compare yet")
+    hatches = ["//" if r["dataset"].get("synthetic") else "" for r in select_records(records)]
+    x = np.arange(len(table))
+    fig, ax = plt.subplots(figsize=(max(6, 1.4 * len(table) + 2), 4.5))
+    for offset, (column, colour) in zip(
+        (-0.2, 0.2), (("Urban mIoU", "tab:red"), ("Rural mIoU", "tab:green"))
+    ):
+        heights = table[column].to_numpy(dtype=float)
+        bars = ax.bar(
+            x + offset,
+            np.nan_to_num(heights),
+            0.4,
+            label=column.split()[0],
+            color=colour,
+            hatch=hatches,
+            edgecolor="white",
+        )
+        ax.bar_label(bars, labels=["-" if np.isnan(h) else f"{h:.1f}" for h in heights], fontsize=8)
+    ax.set_xticks(x, list(table.index), rotation=20, ha="right")
+    ax.set_ylabel("mIoU (%)")
+    ax.set_ylim(0, 105)
+    ax.set_title("Urban vs rural mIoU")
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def plot_miou_vs_fps(records) -> Figure:
+    """mIoU (%) against inference speed (fps, log scale), one labelled point per model.
+
+    Synthetic (mini-LoveDA) points are hollow grey squares, real LoveDA points filled circles.
+    """
+    from .results import record_labels, select_records
+
+    chosen = [
+        r
+        for r in select_records(records, latest_only=True)
+        if r.get("miou") is not None and r.get("fps")
+    ]
+    if not chosen:
+        return _empty_figure("no runs with both mIoU and fps yet")
+    labels = record_labels(chosen)
+    fig, ax = plt.subplots(figsize=(7, 5))
+    real = {"marker": "o", "color": "tab:blue", "label": "LoveDA"}
+    fake = {"marker": "s", "facecolors": "none", "edgecolors": "grey"}
+    fake["label"] = "mini-LoveDA (synthetic, not LoveDA)"
+    for synthetic, style in ((False, real), (True, fake)):
+        points = [
+            (r["fps"], 100 * r["miou"])
+            for r in chosen
+            if bool(r["dataset"].get("synthetic")) == synthetic
+        ]
+        if points:
+            fps, miou = zip(*points)
+            ax.scatter(fps, miou, s=60, **style)
+    for label, r in zip(labels, chosen):
+        ax.annotate(
+            label,
+            (r["fps"], 100 * r["miou"]),
+            textcoords="offset points",
+            xytext=(5, 5),
+            fontsize=8,
+        )
+    ax.set_xscale("log")
+    ax.set_xlabel("inference speed (fps, log scale)")
+    ax.set_ylabel("mIoU (%)")
+    ax.set_title("mIoU vs speed")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(loc="best")
+    fig.tight_layout()
+    return fig
+
+
+def error_map(prediction: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """RGB map of a prediction against training labels: correct, wrong, ignored (ERROR_COLORS)."""
+    colours = np.asarray(ERROR_COLORS, dtype=np.uint8)
+    kind = np.where(target == IGNORE_INDEX, 2, np.where(prediction == target, 0, 1))
+    return colours[kind]
+
+
+def _tile_key(tile) -> tuple[str, str, str]:
+    """``"Val/Urban/12.png"`` or ``("Val", "Urban", "12.png")`` -> the tuple."""
+    parts = tuple(tile.replace("\\", "/").split("/")) if isinstance(tile, str) else tuple(tile)
+    if len(parts) != 3:
+        raise ValueError(f"tile {tile!r} must be 'Split/Scene/name.png' or (split, scene, name)")
+    return parts
+
+
+def _visual_tiles(run_dir) -> set[tuple[str, str, str]]:
+    from pathlib import Path
+
+    folder = Path(run_dir) / "visuals"
+    return {(p.parent.parent.name, p.parent.name, p.name) for p in folder.glob("*/*/*.png")}
+
+
+def _read_png(path) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(path) as img:
+        return np.array(img)
+
+
+def plot_prediction_comparison(data_root, records, tiles=None, max_tiles: int = 4) -> Figure:
+    """The same tiles for every model: image | ground truth | each model's prediction | each
+    model's error map (green correct, red wrong, black ignored).
+
+    Predictions come from each run's ``visuals/<Split>/<Scene>/<name>.png`` (raw 1..7), image
+    and mask from ``data_root`` (None: the first record's data root that exists, else the
+    default root). Only records evaluated on the same kind of data as ``data_root`` (synthetic
+    or real) are compared; runs skipped (no visuals, other data) are named in the title.
+
+    Args:
+        tiles: ``"Split/Scene/name.png"`` strings or tuples; None: the tiles present in every
+            compared run's visuals (sorted), the first ``max_tiles``.
+    """
+    from pathlib import Path
+
+    from .classes import raw_to_train
+    from .paths import resolve_data_root
+    from .results import record_labels, select_records
+    from .synthetic import is_synthetic
+
+    chosen = select_records(records, latest_only=True)
+    skipped = []
+    with_visuals = []
+    for label, r in zip(record_labels(chosen), chosen):
+        if r.get("_run_dir") is not None and _visual_tiles(r["_run_dir"]):
+            with_visuals.append((label, r))
+        else:
+            skipped.append(f"{label} (no visuals)")
+    if not with_visuals:
+        note = f"\n(skipped: {', '.join(skipped)})" if skipped else ""
+        return _empty_figure("no run has segmentation visuals yet" + note)
+    if data_root is None:
+        roots = [Path(r["dataset"]["root"]) for _, r in with_visuals]
+        root = next((p for p in roots if p.is_dir()), None) or resolve_data_root(None)
+    else:
+        root = resolve_data_root(data_root)
+    synthetic = is_synthetic(root)
+    runs = []
+    for label, r in with_visuals:
+        if bool(r["dataset"].get("synthetic")) == synthetic:
+            runs.append((label, r))
+        else:
+            skipped.append(f"{label} (other data)")
+    note = f"skipped: {', '.join(skipped)}" if skipped else ""
+    if tiles is None:
+        common = (
+            set.intersection(*(_visual_tiles(r["_run_dir"]) for _, r in runs)) if runs else set()
+        )
+        keys = sorted(common, key=lambda t: (t[0], t[1], len(t[2]), t[2]))[:max_tiles]
+    else:
+        keys = [_tile_key(t) for t in tiles]
+    if not runs or not keys:
+        return _empty_figure(
+            "no segmentation visuals shared by the runs" + (f"\n{note}" if note else "")
+        )
+
+    n_cols = 2 + 2 * len(runs)
+    fig, axs = plt.subplots(
+        len(keys), n_cols, figsize=(2.6 * n_cols, 2.7 * len(keys) + 1), squeeze=False
+    )
+    for row, (split, scene, name) in zip(axs, keys):
+        image_path = root / split / scene / "images_png" / name
+        mask_path = root / split / scene / "masks_png" / name
+        target = raw_to_train(_read_png(mask_path)) if mask_path.is_file() else None
+        missing = "" if image_path.is_file() else " (image missing)"
+        if not missing:
+            row[0].imshow(_read_png(image_path))
+        row[0].set_title(f"{split}/{scene}/{name}{missing}", fontsize=8)
+        row[1].set_title("ground truth", fontsize=8)
+        if target is not None:
+            row[1].imshow(colorize(target))
+        for i, (label, r) in enumerate(runs):
+            pred_ax, err_ax = row[2 + i], row[2 + len(runs) + i]
+            pred_ax.set_title(label, fontsize=8)
+            err_ax.set_title(f"errors: {label}", fontsize=8)
+            path = Path(r["_run_dir"]) / "visuals" / split / scene / name
+            if not path.is_file():
+                pred_ax.text(0.5, 0.5, "missing", ha="center", va="center")
+                continue
+            prediction = _read_png(path)
+            if prediction.ndim != 2:  # visuals hold raw labels, not colour pictures
+                pred_ax.text(0.5, 0.5, "not a label PNG", ha="center", va="center")
+                continue
+            prediction = raw_to_train(prediction)
+            pred_ax.imshow(colorize(prediction))
+            if target is not None and target.shape == prediction.shape:
+                err_ax.imshow(error_map(prediction, target))
+        for ax in row:
+            ax.axis("off")
+    from matplotlib.patches import Patch
+
+    errors = [
+        Patch(facecolor=np.array(c) / 255, edgecolor="grey", label=n)
+        for n, c in zip(("correct", "wrong", "ignored"), ERROR_COLORS)
+    ]
+    fig.legend(
+        handles=legend_handles() + errors, loc="lower center", ncol=6, frameon=False, fontsize=8
+    )
+    fig.suptitle("Predictions on the same tiles" + (f"\n({note})" if note else ""))
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    return fig
