@@ -76,7 +76,7 @@ class BenchmarkConfig:
     eval_mode: str = "whole"
     slide_window: int = 1024
     slide_stride: int = 768
-    fps_size: int = 1024
+    fps_size: int | None = 1024  # None: the eval tiles' size
     fps_warmup: int = 5
     flops_size: int = 1024
     gradient_clip_val: float | None = None
@@ -141,7 +141,7 @@ class BenchmarkRun:
         lr_schd = checkpoint_facts.get("lr_schd", c.max_steps)
         group = run_group_for(c.model, self.datamodule.synthetic, crop, lr_schd)
         self.run_dir = self._run_dir(group)
-        self.facts.update(run_group=group, crop_size=crop, lr_schd=lr_schd, **checkpoint_facts)
+        self.facts.update({**checkpoint_facts, "run_group": group, "crop_size": crop, "lr_schd": lr_schd})
         write_json_atomic(self.run_dir / "params.json", c.to_dict())
         return self
 
@@ -231,8 +231,7 @@ class BenchmarkRun:
         n = self.config.visual_tiles
         if n <= 0:
             return []
-        dataset = self.datamodule.eval_dataset
-        base = dataset.dataset if isinstance(dataset, Subset) else dataset
+        base = _base(self.datamodule.eval_dataset)
         indices = visual_tile_indices(base, n)
         loader = DataLoader(Subset(base, indices), batch_size=1)
         evaluate(self._model(), loader, device=self.device, mode=self.config.eval_mode,
@@ -266,8 +265,7 @@ class BenchmarkRun:
         from .classes import IGNORE_INDEX, colorize, raw_to_train
         from .visuals import legend_handles, to_display_rgb
 
-        dataset = self.datamodule.eval_dataset
-        base = dataset.dataset if isinstance(dataset, Subset) else dataset
+        base = _base(self.datamodule.eval_dataset)
         indices = visual_tile_indices(base, self.config.visual_tiles)
         fig, axs = plt.subplots(len(indices), 3, figsize=(10, 3.3 * len(indices)), squeeze=False)
         for row, index in zip(axs, indices):
@@ -294,7 +292,8 @@ class BenchmarkRun:
         """fps (median, spread), parameters and FLOPs, as in DESIGN.md section 3."""
         c = self.config
         model = self._model()
-        speed = measure_fps(model, size=c.fps_size, n_images=c.fps_images, warmup=c.fps_warmup,
+        size = c.fps_size or self.datamodule.tile_size(_base(self.datamodule.eval_dataset))[0]
+        speed = measure_fps(model, size=size, n_images=c.fps_images, warmup=c.fps_warmup,
                             device=self.device, channels_last=c.channels_last)
         self.facts.update(
             speed=speed, params_m=count_params(model), gflops=count_gflops(model, size=c.flops_size),
@@ -380,6 +379,11 @@ def visual_tile_indices(dataset, n: int) -> list[int]:
             if q and len(picks) < n:
                 picks.append(q.pop(0))
     return picks
+
+
+def _base(dataset):
+    """The full eval dataset behind a ``limit_eval_images`` subset."""
+    return dataset.dataset if isinstance(dataset, Subset) else dataset
 
 
 def _per_scene(result) -> dict[str, float | None]:

@@ -144,6 +144,101 @@ def report(args: argparse.Namespace) -> int:
 
 
 
+# -- run-suite / estimate / train --------------------------------------------------------------
+
+
+def _settings(pairs: list[str]) -> dict:
+    """``--set key=value`` pairs; values parsed as YAML (numbers, true/false, null, strings)."""
+    import yaml
+
+    out = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--set {pair!r}: use key=value, e.g. --set max_steps=300")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def _suite_args(p: argparse.ArgumentParser) -> None:
+    from .suite import PROFILES
+
+    p.add_argument("--profile", default="quick", choices=list(PROFILES),
+                   help="quick: CPU demo on mini-LoveDA; mmseg: MMSeg's protocol on a GPU (default quick)")
+    p.add_argument("--models", type=_csv, default=None, help="comma-separated registry names (default: the profile's)")
+    p.add_argument("--data-root", default=None, help="LoveDA root (default: $LOVEDA_ROOT, else the mini-LoveDA)")
+    p.add_argument("--results-dir", default=None, help="where runs/ and the table go (default: results/)")
+    p.add_argument("--set", dest="settings", action="append", metavar="KEY=VALUE",
+                   help="override a notebook parameter for every model (repeatable)")
+
+
+def _run_suite_args(p: argparse.ArgumentParser) -> None:
+    _suite_args(p)
+    p.add_argument("--force", action="store_true", help="run models that already have a record again")
+    p.add_argument("--gpus", type=_csv, default=None,
+                   help="CUDA device ids to spread models over (default: all visible; none on CPU)")
+    p.add_argument("--no-render", action="store_true", help="skip the table and the comparison notebook")
+
+
+@command("run-suite", "run 03_benchmark.ipynb once per model (papermill), then the comparison", _run_suite_args)
+def run_suite(args: argparse.Namespace) -> int:
+    from .suite import run_suite as suite
+
+    result = suite(args.profile, args.models, args.data_root, args.results_dir, force=args.force,
+                   overrides=_settings(args.settings), gpus=args.gpus, render=not args.no_render)
+    return result.exit_code
+
+
+def _estimate_args(p: argparse.ArgumentParser) -> None:
+    _suite_args(p)
+    p.add_argument("--steps", type=int, default=6, help="training iterations to time per model (default 6)")
+
+
+@command("estimate", "time a few iterations per model and project the whole schedule", _estimate_args)
+def estimate(args: argparse.Namespace) -> int:
+    from .suite import estimate as run_estimate
+
+    table = run_estimate(args.profile, args.models, args.data_root, steps=args.steps,
+                         overrides=_settings(args.settings))
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    return 1 if "error" in table and table["error"].notna().any() else 0
+
+
+def _train_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="a registry name")
+    p.add_argument("--run-dir", required=True, help="folder for checkpoints and logs (resumes its last.ckpt)")
+    p.add_argument("--data-root", default=None)
+    p.add_argument("--max-steps", type=int, default=80_000)
+    p.add_argument("--batch-size", type=int, default=16, help="per device")
+    p.add_argument("--crop-size", type=int, default=512)
+    p.add_argument("--lr", type=float, default=0.01)
+    p.add_argument("--optimizer", default="sgd", choices=["sgd", "adamw"])
+    p.add_argument("--pretrained", default="default")
+    p.add_argument("--accelerator", default="auto")
+    p.add_argument("--devices", default="auto", help="e.g. 4, or 0,1")
+    p.add_argument("--strategy", default="auto", help="e.g. ddp")
+    p.add_argument("--num-nodes", type=int, default=1)
+    p.add_argument("--precision", default=None)
+    p.add_argument("--num-workers", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+
+
+@command("train", "train one model with Lightning (multi-GPU/multi-node with --strategy ddp)", _train_args)
+def train(args: argparse.Namespace) -> int:
+    from .task import fit
+
+    devices = args.devices if not args.devices.isdigit() else int(args.devices)
+    _, trainer = fit(args.model, args.run_dir, data_root=args.data_root, max_steps=args.max_steps,
+                     batch_size=args.batch_size, crop_size=args.crop_size, lr=args.lr,
+                     optimizer=args.optimizer, pretrained=args.pretrained, accelerator=args.accelerator,
+                     devices=devices, strategy=args.strategy, num_nodes=args.num_nodes,
+                     precision=args.precision, num_workers=args.num_workers, seed=args.seed)
+    if trainer.global_rank == 0:
+        print(f"trained {args.model} to step {trainer.global_step} on {trainer.world_size} process(es); "
+              f"checkpoint: {args.run_dir}/checkpoints/last.ckpt")
+    return 0
+
+
 # -- entry point -------------------------------------------------------------------------------
 
 
