@@ -22,12 +22,17 @@ ENV_VAR = "LOVEDA_ROOT"
 
 
 def ensure_mini_loveda(path: str | Path | None = None) -> Path:
-    """Return the embedded mini-LoveDA, generating it with the default settings if absent."""
-    from .synthetic import generate_mini_loveda, is_synthetic
+    """Return the embedded mini-LoveDA, generating it with the default settings if absent or
+    made by another generator version or other settings (so its bytes are always the default's)."""
+    from . import synthetic
 
     path = Path(path) if path is not None else MINI_LOVEDA_DIR
-    if not is_synthetic(path):
-        generate_mini_loveda(path)
+    wanted = {"version": synthetic.GENERATOR_VERSION, "tiles": synthetic.DEFAULT_TILES,
+              "size": synthetic.DEFAULT_SIZE, "seed": synthetic.DEFAULT_SEED}
+    marker = synthetic.read_marker(path) if synthetic.is_synthetic(path) else None
+    if marker is None or any(marker.get(k) != v for k, v in wanted.items()):
+        # overwrite replaces only a folder carrying the mini-LoveDA marker, never real data.
+        synthetic.generate_mini_loveda(path, overwrite=marker is not None)
     return path
 
 

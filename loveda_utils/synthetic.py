@@ -147,17 +147,49 @@ def generate_mini_loveda(
             )
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.partial-{uuid.uuid4().hex[:12]}"
+    tmp = _sibling(out, "partial")
     tmp.mkdir()
     try:
-        _write_tree(tmp, tiles=int(tiles), size=int(size), seed=int(seed))
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        marker = _write_tree(tmp, tiles=int(tiles), size=int(size), seed=int(seed))
+        _install(tmp, out, marker, replace=overwrite)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def _sibling(out: Path, kind: str) -> Path:
+    """A hidden, unique sibling folder name of ``out`` (same file system, so renames are atomic)."""
+    return out.parent / f".{out.name}.{kind}-{uuid.uuid4().hex[:12]}"
+
+
+def _install(tmp: Path, out: Path, marker: dict, replace: bool) -> None:
+    """Rename the finished tree ``tmp`` to ``out``; a replaced tree is removed only afterwards."""
+    old = None
+    if replace and out.is_dir() and any(out.iterdir()):
+        old = _sibling(out, "old")
+        os.replace(out, old)
+    try:
+        os.replace(tmp, out)  # atomic; also fine over an empty folder
+    except OSError as err:
+        if old is not None:
+            os.replace(old, out)  # put the previous tree back
+            raise
+        # Another process may have finished the same tree first (parallel runs that all default
+        # to the mini-LoveDA). Same arguments give byte-identical files, so theirs is ours.
+        try:
+            existing = read_marker(out)
+        except InvalidDataError:
+            existing = None
+        keys = ("version", "tiles", "size", "seed")
+        if existing is not None and all(existing.get(k) == marker[k] for k in keys):
+            return
+        raise ConfigError(
+            f"out={str(out)!r} was filled by something else while the tree was being written; "
+            "choose another folder"
+        ) from err
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def read_marker(root: str | Path) -> dict | None:
@@ -195,8 +227,8 @@ def is_synthetic(root: str | Path) -> bool:
 # --------------------------------------------------------------------------------------------
 
 
-def _write_tree(root: Path, tiles: int, size: int, seed: int) -> None:
-    """Write every split/scene of the tree, then the marker (last, so it means 'complete')."""
+def _write_tree(root: Path, tiles: int, size: int, seed: int) -> dict:
+    """Write every split/scene of the tree, then the marker (last); return the marker."""
     counts = split_counts(tiles)
     next_id = 0  # contiguous ids across the tree, one range per split/scene, like LoveDA
     for split_index, split in enumerate(SPLITS):
@@ -227,6 +259,7 @@ def _write_tree(root: Path, tiles: int, size: int, seed: int) -> None:
         "counts": {split: dict.fromkeys(SCENES, n) for split, n in counts.items()},
     }
     (root / MARKER_NAME).write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
+    return marker
 
 
 def make_tile(
@@ -289,22 +322,23 @@ def _blob(rng: np.random.Generator, size: int, cell: float, fraction: float) -> 
     return field > np.quantile(field, 1.0 - fraction)
 
 
-def _rotated(size: int, theta: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Pixel coordinates rotated by ``theta`` about the centre, with a random shift: ``(u, v)``."""
+def _rotated(
+    size: int, theta: float, rng: np.random.Generator, shift: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel coordinates rotated by ``theta`` about the centre, randomly shifted: ``(u, v)``."""
     y, x = np.mgrid[0:size, 0:size].astype(np.float32)
     y -= size / 2.0
     x -= size / 2.0
     c, s = np.cos(theta), np.sin(theta)
-    shift = rng.uniform(-0.5, 0.5, 2) * size
-    return (x * c + y * s + shift[0]).astype(np.float32), (-x * s + y * c + shift[1]).astype(
-        np.float32
-    )
+    du, dv = rng.uniform(-0.5, 0.5, 2) * size if shift else (0.0, 0.0)
+    return (x * c + y * s + du).astype(np.float32), (-x * s + y * c + dv).astype(np.float32)
 
 
 def _lines(rng: np.random.Generator, size: int, spacing: tuple[float, float]) -> np.ndarray:
-    """Sorted positions of parallel lines covering [-size, size] with random gaps."""
-    positions = [-size * 1.0 - rng.uniform(0, spacing[1])]
-    while positions[-1] < size:
+    """Sorted positions of parallel lines with random gaps, covering every rotated, shifted
+    pixel coordinate (|coord| <= (sqrt(2) / 2 + 1 / 2) * size < 1.25 * size)."""
+    positions = [-1.25 * size - rng.uniform(0, spacing[1])]
+    while positions[-1] < 1.25 * size:
         positions.append(positions[-1] + rng.uniform(*spacing))
     return np.asarray(positions, dtype=np.float32)
 
@@ -395,7 +429,7 @@ class _Scene:
     def river(self, theta: float, width: tuple[float, float]) -> np.ndarray:
         """A meandering river strip across the tile (boolean)."""
         rng = self.rng
-        u, v = _rotated(self.size, theta, rng)
+        u, v = _rotated(self.size, theta, rng, shift=False)  # through the tile, not beside it
         v = v - rng.uniform(-0.25, 0.25) * self.size
         wavelength = rng.uniform(0.6, 1.6) * self.size
         phase = rng.uniform(0, 2 * np.pi)
@@ -408,19 +442,16 @@ class _Scene:
     def road_polyline(self, width: float) -> np.ndarray:
         """A road crossing the tile as a gently bending polyline (boolean)."""
         rng, s = self.rng, self.size
-        # Enter and leave through opposite sides, with 1-3 bends in between.
+        # Enter and leave through opposite sides, with 1-3 bends in between; bends move only
+        # across the direction of travel, so the road never doubles back.
         a, b = rng.uniform(0, s, 2)
-        start, end = ((-4.0, a), (s + 4.0, b)) if rng.random() < 0.5 else ((a, -4.0), (b, s + 4.0))
+        horizontal = rng.random() < 0.5
         n = int(rng.integers(1, 4))
-        t = np.sort(rng.uniform(0.2, 0.8, n))
-        bends = [
-            (
-                start[0] + (end[0] - start[0]) * ti + rng.normal(0, 0.06 * s),
-                start[1] + (end[1] - start[1]) * ti + rng.normal(0, 0.06 * s),
-            )
-            for ti in t
-        ]
-        points = np.asarray([start, *bends, end], dtype=np.float32)
+        # Evenly spread bends: no two close together, so no hairpin zig-zags.
+        t = (np.arange(1, n + 1) + rng.uniform(-0.2, 0.2, n)) / (n + 1)
+        along = np.concatenate([[-4.0], t * s, [s + 4.0]])
+        across = np.concatenate([[a], a + (b - a) * t + rng.normal(0, 0.04 * s, n), [b]])
+        points = np.stack([along, across] if horizontal else [across, along], axis=1)
         return _polyline_distance(s, points) < self.px(width, 2.0) / 2
 
     # -- urban -------------------------------------------------------------------------------
@@ -443,7 +474,9 @@ class _Scene:
         road |= (lv < half_v[bv]) | (wv - lv < half_v[bv + 1])
 
         # Block types: 0 buildings, 1 open ground, 2 park, 3 construction, 4 pond, 5 fields.
-        kinds = rng.choice(6, size=(len(lines_u), len(lines_v)), p=[0.62, 0.1, 0.1, 0.09, 0.04, 0.05])
+        kinds = rng.choice(
+            6, size=(len(lines_u), len(lines_v)), p=[0.66, 0.08, 0.09, 0.08, 0.04, 0.05]
+        )
         kind = kinds[bu, bv]
         block_key = bu * 1009 + bv
         if np.any(kind == 5):
@@ -461,7 +494,7 @@ class _Scene:
         styles = rng.choice(3, size=kinds.shape, p=[0.5, 0.3, 0.2])
         pitch_table = np.asarray([[14, 14], [24, 11], [44, 36]], dtype=np.float32) * self.scale
         pitch_table = np.maximum(pitch_table, 5.0)
-        fill_table = np.asarray([[0.65, 0.65], [0.8, 0.6], [0.8, 0.75]], dtype=np.float32)
+        fill_table = np.asarray([[0.7, 0.7], [0.85, 0.65], [0.85, 0.8]], dtype=np.float32)
         style = styles[bu, bv]
         pu, pv = pitch_table[style, 0], pitch_table[style, 1]
         iu, iv = lu - half_u[bu] - setback, lv - half_v[bv] - setback  # inner coordinates
@@ -474,7 +507,7 @@ class _Scene:
         inside &= fv < fill_table[style, 1] * pv * (0.8 + 0.4 * self.table2[h])
         # Whole buildings only: the lattice cell must lie inside the block, clear of the road.
         inside &= (iu >= 0) & (iv >= 0) & ((cu + 1) * pu <= room_u) & ((cv + 1) * pv <= room_v)
-        drop = np.where(style == 2, 0.35, 0.12)
+        drop = np.where(style == 2, 0.3, 0.08)
         keep = self.table[_hash(cv, cu, block_key, 7)] >= drop
         self.paint((kind == 0) & inside & keep, _BUILDING, self.table2[_hash(cu, cv, block_key, 3)])
         # Trees between houses: a few forest speckles in building blocks.
@@ -560,31 +593,41 @@ class _Scene:
     # -- rendering ---------------------------------------------------------------------------
 
     def render(self) -> np.ndarray:
-        """Render the RGB image from the mask: per-class colour, texture and noise, uint8."""
+        """Render the RGB image from the mask: per-class colour, texture and noise, uint8.
+
+        Colours overlap between classes on purpose (grass vs. crops, bare ground vs. barren,
+        grey roofs vs. roads, turbid water vs. canopy) and shift per tile, so a pixel's colour
+        alone is a weak cue; texture (canopy speckle, crop rows, smooth water and asphalt,
+        soil grain) and shape have to do the rest, as on real imagery.
+        """
         rng, s, mask = self.rng, self.size, self.mask
         fine = _value_noise(rng, s, self.px(2.5, 1.5)) - 0.5  # leaf/grain speckle
         grain = rng.random((s, s), dtype=np.float32) - 0.5  # per-pixel grain
         mid = _fbm(rng, s, self.px(24), 2) - 0.5  # patchy variation within a surface
+        ground = _fbm(rng, s, self.px(48), 2)  # grass <-> bare mixing of the background
         broad = _fbm(rng, s, self.px(128), 2) - 0.5  # illumination / haze over the tile
+
+        def colour(rgb: tuple[float, float, float], spread: float) -> np.ndarray:
+            """A class colour of this tile: the nominal one shifted at random."""
+            return (np.asarray(rgb, np.float32) + rng.normal(0, spread, 3)).astype(np.float32)
 
         image = np.zeros((s, s, 3), dtype=np.float32)
 
-        def put(cls: int, colour: np.ndarray) -> None:
+        def put(cls: int, value: np.ndarray) -> None:
             where = mask == cls
-            image[where] = colour[where] if colour.ndim == 3 else colour
+            image[where] = value[where] if value.ndim == 3 else value
 
-        # Background: grey-beige ground/grass, patchy, mildly grainy.
+        # Background: a patchwork of grass and bare/paved ground, patchy and mildly grainy.
+        mix = np.clip((ground - 0.5) * 2.5 + 0.5, 0, 1)[..., None]
+        grass, bare = colour((118, 138, 92), 10), colour((162, 152, 132), 10)
         put(
-            _BACKGROUND,
-            np.array([150, 146, 128], np.float32)
-            + (mid[..., None] * np.array([50, 55, 40], np.float32))
-            + (fine[..., None] * 18),
+            _BACKGROUND, grass * mix + bare * (1 - mix) + mid[..., None] * 30 + fine[..., None] * 14
         )
-        # Buildings: roofs from a palette per building, bright flat tops with darker outlines.
+        # Buildings: roofs from a palette per building, flat tops with darker outlines.
         roofs = np.array(
-            [[205, 205, 200], [160, 162, 165], [105, 108, 115], [170, 92, 70], [80, 120, 170]],
+            [[200, 200, 196], [150, 152, 156], [108, 110, 116], [168, 96, 74], [84, 118, 162]],
             np.float32,
-        )
+        ) + rng.normal(0, 8, 3).astype(np.float32)
         roof = roofs[np.minimum((self.tone * len(roofs)).astype(np.intp), len(roofs) - 1)]
         building = mask == _BUILDING
         outline = np.zeros_like(building)
@@ -592,43 +635,35 @@ class _Scene:
         outline[:-1, :] |= building[:-1, :] & ~building[1:, :]
         outline[:, 1:] |= building[:, 1:] & ~building[:, :-1]
         outline[:, :-1] |= building[:, :-1] & ~building[:, 1:]
-        put(_BUILDING, roof * (1.0 - 0.35 * outline[..., None]) + fine[..., None] * 6)
-        # Roads: dark asphalt, smooth, faint patches.
-        put(_ROAD, np.array([98, 98, 102], np.float32) + mid[..., None] * 14)
-        # Water: dark blue-green, very smooth, slow variation (turbidity).
-        put(
-            _WATER,
-            np.array([38, 66, 84], np.float32)
-            + broad[..., None] * np.array([10, 30, 30], np.float32),
-        )
-        # Barren: bright tan soil, strong grain.
-        put(
-            _BARREN,
-            np.array([188, 166, 132], np.float32)
-            + fine[..., None] * 45
-            + mid[..., None] * np.array([30, 30, 25], np.float32),
-        )
+        put(_BUILDING, roof * (1.0 - 0.3 * outline[..., None]) + fine[..., None] * 6)
+        # Roads: asphalt or concrete, smooth, faint patches.
+        asphalt = colour((100, 100, 104) if rng.random() < 0.7 else (140, 138, 134), 8)
+        put(_ROAD, asphalt + mid[..., None] * 12)
+        # Water: deep, algae-green or muddy per tile; very smooth, slow turbidity changes.
+        waters = ((40, 66, 86), (58, 86, 70), (96, 98, 84))
+        water = colour(waters[int(rng.integers(len(waters)))], 8)
+        put(_WATER, water + broad[..., None] * np.array([10, 26, 26], np.float32))
+        # Barren: tan soil or grey spoil, strong grain.
+        soil = colour((184, 162, 128) if rng.random() < 0.7 else (160, 156, 146), 12)
+        put(_BARREN, soil + fine[..., None] * 48 + mid[..., None] * 24)
         # Forest: dark green canopy with strong speckle (crowns and their shadows).
         canopy = np.clip(fine * 2.2, -0.5, 0.5)[..., None]
-        put(
-            _FOREST,
-            np.array([48, 82, 46], np.float32) + canopy * np.array([50, 75, 45], np.float32),
-        )
-        # Agriculture: crop colour per parcel (green/yellow/brown), with crop rows.
+        put(_FOREST, colour((52, 84, 50), 8) + canopy * np.array([50, 70, 45], np.float32))
+        # Agriculture: crop colour per parcel (green, ripe, tilled soil, young), crop rows.
         crops = np.array(
-            [[96, 150, 62], [150, 166, 84], [142, 118, 84], [120, 160, 100]], np.float32
-        )
+            [[100, 146, 66], [152, 160, 88], [146, 122, 90], [126, 150, 104]], np.float32
+        ) + rng.normal(0, 8, 3).astype(np.float32)
         crop = crops[np.minimum((self.tone * len(crops)).astype(np.intp), len(crops) - 1)]
-        put(_AGRICULTURE, crop + self.stripes[..., None] * 16 + mid[..., None] * 20)
+        put(_AGRICULTURE, crop + self.stripes[..., None] * 14 + mid[..., None] * 20)
 
         # Per-class pixel noise: smooth surfaces (water, road) quiet, soil and canopy loud.
-        sigma = np.array([0, 5, 5, 3, 2, 9, 6, 5], np.float32)[mask]
-        image += (grain * 2.0 * sigma)[..., None] * np.array([1.0, 1.0, 1.0], np.float32)
-        image += rng.normal(0, 2.0, (s, s, 3)).astype(np.float32)
-        # Per-tile brightness, contrast and colour cast, plus haze, like different acquisitions.
-        gain = rng.uniform(0.82, 1.15)
-        cast = rng.normal(0, 6, 3).astype(np.float32)
-        image = image * gain + cast + broad[..., None] * 30
+        sigma = np.array([0, 6, 5, 4, 3, 10, 7, 6], np.float32)[mask]
+        image += (grain * 2.0 * sigma)[..., None]
+        image += rng.normal(0, 3.0, (s, s, 3)).astype(np.float32)
+        # Per-tile brightness and colour cast, plus haze, like different acquisitions.
+        gain = rng.uniform(0.8, 1.2)
+        cast = rng.normal(0, 8, 3).astype(np.float32)
+        image = image * gain + cast + broad[..., None] * 36
         out = np.clip(np.rint(image), 0, 255).astype(np.uint8)
         out[mask == RAW_NODATA] = 0  # no-data is exactly black, like the archive
         return out
