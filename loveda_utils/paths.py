@@ -32,7 +32,8 @@ def ensure_mini_loveda(path: str | Path | None = None) -> Path:
     marker = synthetic.read_marker(path) if synthetic.is_synthetic(path) else None
     if marker is None or any(marker.get(k) != v for k, v in wanted.items()):
         # overwrite replaces only a folder carrying the mini-LoveDA marker, never real data.
-        synthetic.generate_mini_loveda(path, overwrite=marker is not None)
+        synthetic.generate_mini_loveda(path, tiles=wanted["tiles"], size=wanted["size"],
+                                       seed=wanted["seed"], overwrite=marker is not None)
     return path
 
 

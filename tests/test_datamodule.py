@@ -79,18 +79,20 @@ def test_root_resolution(tmp_path: Path, tiny_tree: Path, monkeypatch: pytest.Mo
 
 
 def test_default_root_is_generated_mini_loveda(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from loveda_utils.synthetic import generate_mini_loveda, is_synthetic
+    from loveda_utils import synthetic
 
     target = tmp_path / "mini"
-    calls = []
-
-    def small(path, **kwargs):  # the default size takes longer; same generator, test size
-        calls.append(path)
-        return generate_mini_loveda(path, tiles=2, size=64)
-
     monkeypatch.setattr(paths, "MINI_LOVEDA_DIR", target)
-    monkeypatch.setattr("loveda_utils.synthetic.generate_mini_loveda", small)
-    assert paths.resolve_data_root(None) == target and is_synthetic(target)
-    assert paths.resolve_data_root(None) == target and len(calls) == 1  # reused, not regenerated
+    # The default tree at test size: same generator, fewer and smaller tiles.
+    monkeypatch.setattr(synthetic, "DEFAULT_TILES", 2)
+    monkeypatch.setattr(synthetic, "DEFAULT_SIZE", 64)
+    assert paths.resolve_data_root(None) == target and synthetic.is_synthetic(target)
+    stamp = (target / synthetic.MARKER_NAME).stat().st_mtime_ns
+    assert paths.resolve_data_root(None) == target  # reused, not regenerated
+    assert (target / synthetic.MARKER_NAME).stat().st_mtime_ns == stamp
     dm = LoveDADataModule(None, num_workers=0, crop_size=32)
     assert dm.synthetic and dm.root == target
+    # A tree from other settings (or an older generator) is replaced by the default one.
+    monkeypatch.setattr(synthetic, "DEFAULT_SEED", 5)
+    paths.ensure_mini_loveda()
+    assert synthetic.read_marker(target)["seed"] == 5
