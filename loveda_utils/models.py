@@ -96,6 +96,7 @@ from torch import Tensor, nn
 
 from .classes import NUM_CLASSES
 from .errors import ConfigError, UnknownModelError, WeightsError
+from .transforms import IMAGENET_MEAN, IMAGENET_STD
 
 if TYPE_CHECKING:
     from torchvision.models._api import WeightsEnum
@@ -262,9 +263,10 @@ class _Norm(NamedTuple):
     text: str
 
 
+# The 0..1 statistics live in transforms.py (one place); models work in 0..255 units.
 _IMAGENET = _Norm(
-    (0.485 * 255, 0.456 * 255, 0.406 * 255),
-    (0.229 * 255, 0.224 * 255, 0.225 * 255),
+    tuple(255 * m for m in IMAGENET_MEAN),  # type: ignore[arg-type]
+    tuple(255 * s for s in IMAGENET_STD),  # type: ignore[arg-type]
     "ImageNet mean/std on 0..255",
 )
 _DIV255 = (0.0, 0.0, 0.0), (255.0, 255.0, 255.0)
