@@ -36,11 +36,12 @@ from .classes import (
     CLASS_NAMES,
     IGNORE_INDEX,
     NUM_CLASSES,
+    SCENES,
     normalize_scenes,
     normalize_split,
     train_to_raw,
 )
-from .metrics import PerSceneConfusion, SegmentationScores
+from .metrics import SegmentationScores, scores_from_confusion
 
 __all__ = [
     "MS_FLIP_SCALES",
@@ -270,6 +271,17 @@ def _model_device(model: Model) -> torch.device | None:
     return None
 
 
+def _is_channels_last(model: nn.Module) -> bool:
+    """Whether every spatial 4-D weight of ``model`` is stored channels-last already."""
+    weights = [p for p in model.parameters() if p.ndim == 4 and p.shape[-2:].numel() > 1]
+    return all(p.is_contiguous(memory_format=torch.channels_last) for p in weights)
+
+
+def _default_channels_last(device: torch.device, amp_dtype: torch.dtype | None) -> bool:
+    """Where channels-last pays: the CPU (oneDNN) and CUDA under AMP (tensor cores)."""
+    return device.type == "cpu" or (device.type == "cuda" and amp_dtype is not None)
+
+
 def _amp_dtype(device: torch.device, amp: bool | torch.dtype | None) -> torch.dtype | None:
     """The autocast dtype for ``amp`` on ``device`` (``None`` = no autocast).
 
@@ -327,6 +339,119 @@ def _progress(iterable: Iterable[Any], enabled: bool, total: int | None) -> Iter
     return tqdm(iterable, total=total, desc="evaluate", unit="batch")
 
 
+def _labels(logits: torch.Tensor) -> torch.Tensor:
+    """``logits.argmax(dim=1)`` (first maximum on ties), cheaper on the CPU.
+
+    On the CPU, ``argmax`` over the class dimension is a slow reduction (3 ms for a 512 px,
+    7-class tile here, 30 ms when the logits are NCHW). ``amax`` over a non-innermost dim is
+    vectorised, so the labels come from ``amax`` and one compare: the same labels, as uint8,
+    in a third of the time. NaN logits (``amax`` would hide them) and other devices, where
+    ``argmax`` is fast, take ``argmax`` itself.
+    """
+    num_classes = logits.shape[1]
+    if logits.device.type != "cpu" or num_classes > 255 or not logits.is_floating_point():
+        return logits.argmax(dim=1)
+    logits = logits.contiguous()  # NCHW: the class reduction then runs across W, vectorised
+    top = logits.amax(dim=1, keepdim=True)
+    if bool(top.isnan().any()):
+        return logits.argmax(dim=1)
+    # Weight C for class 0 down to 1 for class C-1: the largest weighted hit is the first max.
+    weights = torch.arange(num_classes, 0, -1, dtype=torch.uint8).view(1, -1, 1, 1)
+    return num_classes - ((logits == top) * weights).amax(dim=1)
+
+
+class _ConfusionBins:
+    """Per-scene confusion counts, one ``torch.bincount`` per batch, kept on the device.
+
+    A pixel's bin is ``target * C + label`` over every value a uint8 target can hold, so the
+    ignored value (255) and invalid labels fall into bins of their own: no masking pass, no
+    range-check pass, no copy of the pixels (an earlier version spent 2 ms per 512 px tile on
+    those, more than the counting itself). Invalid targets are reported from their bins.
+    """
+
+    def __init__(self, num_classes: int, device: torch.device) -> None:
+        self.num_classes = num_classes
+        self.rows = max(256, num_classes)  # target values that get a row of bins
+        self.device = device
+        self.bins: dict[str | None, torch.Tensor] = {}  # scene key (None: no scene) -> counts
+
+    def _index(self, labels: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if target.shape != labels.shape:
+            raise ValueError(
+                f"batch['mask'] has shape {tuple(target.shape)} but the predictions "
+                f"{tuple(labels.shape)}; masks must be [B, H, W] at the image size"
+            )
+        if target.dtype == torch.uint8:  # the contract: every value has a row, no check needed
+            return labels.to(torch.int32, copy=True).add_(target, alpha=self.num_classes)
+        if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
+            raise ValueError(f"batch['mask'] must hold integer labels, got dtype {target.dtype}")
+        low, high = (int(v) for v in torch.aminmax(target))
+        if low < 0 or high >= self.rows:
+            bad = target[(target < 0) | (target >= self.rows)]
+            raise ValueError(
+                f"batch['mask'] holds labels {torch.unique(bad).tolist()[:10]} outside "
+                f"0..{self.num_classes - 1} that are not ignore_index={IGNORE_INDEX}; map raw "
+                "LoveDA masks with classes.raw_to_train"
+            )
+        return labels.to(torch.int64, copy=True).add_(target.long(), alpha=self.num_classes)
+
+    def update(self, labels: torch.Tensor, target: torch.Tensor, scenes: list[str] | None) -> None:
+        """Count a batch: ``labels`` ``[B, H, W]`` in 0..C-1, ``target`` the same shape."""
+        index = self._index(labels, target.to(labels.device))
+        keys = [None] * labels.shape[0] if scenes is None else [str(s).lower() for s in scenes]
+        unique = list(dict.fromkeys(keys))
+        size = self.rows * self.num_classes
+        if len(unique) > 1:  # fold each sample's scene into its bin: still one bincount
+            offsets = torch.tensor([unique.index(k) * size for k in keys], dtype=index.dtype)
+            index = index.add_(offsets.to(index.device).view(-1, 1, 1))
+        counts = torch.bincount(index.view(-1), minlength=len(unique) * size).view(len(unique), -1)
+        self._check(counts)
+        for key, row in zip(unique, counts, strict=True):
+            if key in self.bins:
+                self.bins[key] += row
+            else:
+                self.bins[key] = row.clone()
+
+    def _valid(self, counts: torch.Tensor) -> torch.Tensor:
+        """The ``[..., C, C]`` matrix of the valid rows (targets 0..C-1 other than ignore)."""
+        c = self.num_classes
+        matrix = counts.view(*counts.shape[:-1], self.rows, c)[..., :c, :]
+        if IGNORE_INDEX < c:
+            matrix = matrix.clone()
+            matrix[..., IGNORE_INDEX, :] = 0
+        return matrix
+
+    def _check(self, counts: torch.Tensor) -> None:
+        c = self.num_classes
+        rows = counts.view(-1, self.rows, c).sum(dim=(0, 2))
+        rows[:c] = 0
+        if IGNORE_INDEX < self.rows:
+            rows[IGNORE_INDEX] = 0
+        if bool(rows.any()):  # one host sync per batch (CUDA's bincount syncs anyway)
+            values = torch.nonzero(rows).flatten().tolist()[:10]
+            raise ValueError(
+                f"batch['mask'] holds labels {values} outside 0..{c - 1} that are not "
+                f"ignore_index={IGNORE_INDEX}; map raw LoveDA masks with classes.raw_to_train"
+            )
+
+    def matrices(self) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """``(overall [C, C], {scene: [C, C]})`` as CPU int64, scenes in the archive's order."""
+        c = self.num_classes
+        overall = torch.zeros((c, c), dtype=torch.int64)
+        per_scene: dict[str, torch.Tensor] = {}
+        order = [s.lower() for s in SCENES]
+        keys = sorted(
+            (k for k in self.bins if k is not None),
+            key=lambda k: (order.index(k) if k in order else len(order), k),
+        )
+        for key, counts in self.bins.items():
+            matrix = self._valid(counts).cpu()
+            overall += matrix
+            if key is not None:
+                per_scene[key] = matrix
+        return overall, {k: per_scene[k] for k in keys}
+
+
 def evaluate(
     model: Model,
     dataloader: Iterable[Mapping[str, Any]],
@@ -339,7 +464,7 @@ def evaluate(
     window: int | Sequence[int] = 1024,
     stride: int | Sequence[int] = 768,
     amp: bool | torch.dtype | None = None,
-    channels_last: bool = False,
+    channels_last: bool | None = None,
     limit_images: int | None = None,
     save_predictions_dir: str | os.PathLike[str] | None = None,
     progress: bool = False,
@@ -363,8 +488,10 @@ def evaluate(
         mode: ``"whole"`` or ``"slide"`` (with ``window`` and ``stride``) for each pass.
         amp: autocast. ``None``: on for CUDA (bf16 where supported, else fp16), off elsewhere;
             ``True``: on for any device; ``False``: off; a dtype: on with that dtype.
-        channels_last: convert the model (in place) and the images to channels-last memory
-            format, which speeds up convolutions under AMP on recent GPUs.
+        channels_last: run the model and the images in channels-last memory format (the
+            model is converted for the call and converted back after). ``None``: on for the
+            CPU (oneDNN convolutions: 1.4-2x faster, see benchmarks/RESULTS.md) and for CUDA
+            under AMP (tensor cores); off otherwise.
         limit_images: stop after this many images (the last batch is cut).
         save_predictions_dir: write each prediction as PNG (raw LoveDA values 1..7) to
             ``<dir>/<Split>/<Scene>/<name>``.
@@ -386,15 +513,21 @@ def evaluate(
         # A callable without parameters may hold its weights anywhere; the CPU is where
         # batches come from, so it is the one guess that cannot mismatch the inputs.
         device = _model_device(model) or torch.device("cpu")
-    if channels_last and isinstance(model, nn.Module):
-        model.to(memory_format=torch.channels_last)
+    if len(class_names) != num_classes:
+        raise ValueError(f"class_names has {len(class_names)} names but num_classes={num_classes}")
     save_dir = Path(save_predictions_dir) if save_predictions_dir is not None else None
     amp_dtype = _amp_dtype(device, amp)
+    if channels_last is None:
+        channels_last = _default_channels_last(device, amp_dtype)
+    # Converted for the call only (like eval mode): the caller's model comes back as it was.
+    convert = channels_last and isinstance(model, nn.Module) and not _is_channels_last(model)
+    if convert:
+        model.to(memory_format=torch.channels_last)  # type: ignore[union-attr]
 
     was_training = model.training if isinstance(model, nn.Module) else None
     if isinstance(model, nn.Module):
         model.eval()
-    confusion = PerSceneConfusion(num_classes, IGNORE_INDEX, class_names, device=device)
+    confusion = _ConfusionBins(num_classes, device)
     n_images = n_scored = 0
 
     def run_batch(batch: Mapping[str, Any], take: int) -> int:
@@ -413,7 +546,7 @@ def evaluate(
                 )
             else:
                 out = predict(model, images, mode, window, stride, num_classes)
-        labels = out.argmax(dim=1)
+        labels = _labels(out)
         del out
         scenes = _as_list(batch.get("scene"), take, "scene")
         mask = batch.get("mask")
@@ -459,12 +592,14 @@ def evaluate(
     finally:
         if was_training:
             model.train()  # type: ignore[union-attr]
+        if convert:
+            model.to(memory_format=torch.contiguous_format)  # type: ignore[union-attr]
 
     matrix, scene_matrices = confusion.matrices()
-    overall, per_scene = confusion.compute()
+    names = tuple(class_names)
     return EvaluationResult(
-        scores=overall if n_scored else None,
-        per_scene=per_scene,
+        scores=scores_from_confusion(matrix, names) if n_scored else None,
+        per_scene={k: scores_from_confusion(m, names) for k, m in scene_matrices.items()},
         n_images=n_images,
         n_scored=n_scored,
         confusion=matrix,
@@ -479,6 +614,7 @@ def evaluate(
             "window": window if mode == "slide" else None,
             "stride": stride if mode == "slide" else None,
             "amp": None if amp_dtype is None else str(amp_dtype).removeprefix("torch."),
+            "channels_last": bool(channels_last),
             "device": str(device),
         },
     )

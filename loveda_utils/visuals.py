@@ -270,6 +270,11 @@ def plot_miou_vs_fps(records) -> Figure:
             fontsize=8,
         )
     ax.set_xscale("log")
+    # Plain numbers on the log axis; minor ticks unlabelled (their labels collide).
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
+
+    ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("inference speed (fps, log scale)")
     ax.set_ylabel("mIoU (%)")
     ax.set_title("mIoU vs speed")
