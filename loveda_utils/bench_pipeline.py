@@ -5,8 +5,9 @@ Measured side by side in one run, on the same model, tiles and resolution:
 1. **ceiling**: the model's forward pass alone, on uint8 batches already on the device (same
    batch size, memory format, autocast and threads as the evaluation below).
 2. **ours**: PNG files on disk to the finished confusion matrix: :class:`LoveDADataModule`'s
-   ``val_dataloader`` (PNG decode in workers, uint8) and :func:`~loveda_utils.inference.evaluate`
-   (transfer, normalisation on the device, forward, argmax, one ``bincount`` per batch).
+   ``val_dataloader`` (PNG decode, in its workers if it has any; images stay uint8) and
+   :func:`~loveda_utils.inference.evaluate` (transfer, normalisation on the device, forward,
+   argmax, one ``bincount`` per batch).
 3. **torchgeo**: torchgeo's own path on the same tiles and the same smp UNet weights: its
    ``LoveDADataModule`` and ``SemanticSegmentation`` task through Lightning's
    ``Trainer.validate``. Both paths are scored the same MMSeg way and must agree exactly.
@@ -19,9 +20,11 @@ Measured side by side in one run, on the same model, tiles and resolution:
    time, plus the per-tile cost of the label and confusion-matrix kernels, old and new.
 
 The paths compared are interleaved (the order alternates every round) and repeated
-(``--rounds``); ratios compare the best round of each path (the one least disturbed by other
-processes on a shared machine) and medians are printed beside them. The table comes first, the
-ratios against the targets last. The numbers of a run are recorded in ``benchmarks/RESULTS.md``.
+(``--rounds``). A ratio is the median over rounds of the two paths' times within a round
+(adjacent runs see the same machine, so a drifting shared host cancels out); the ratio of the
+best runs is printed beside it, and the table shows best and median times and the share of the
+CPUs that other processes used. The table comes first, the ratios against the targets last.
+The numbers of a run are recorded in ``benchmarks/RESULTS.md``.
 
 Run ``python -m loveda_utils.bench_pipeline --help`` (or ``python -m loveda_utils bench-pipeline``).
 """
@@ -77,7 +80,9 @@ DEFAULT_SIZES: tuple[int, ...] = (512, 1024)
 #: A model both our registry and torchgeo's ``SemanticSegmentation`` build identically.
 DEFAULT_TORCHGEO_MODEL = "unet_resnet18"
 #: The real LoveDA sample beside the repository (DESIGN.md), used for 1024 px tiles.
-DEFAULT_SAMPLE_ROOT = PROJECT_ROOT.parent / "shared" / "loveda_sample"
+DEFAULT_SAMPLE_ROOT = Path(
+    os.environ.get("LOVEDA_SAMPLE", PROJECT_ROOT.parent / "shared" / "loveda_sample")
+)
 
 #: The targets of issue 5 on the 2-core development CPU: (lowest, highest) acceptable ratio.
 TARGETS: dict[str, tuple[float, float]] = {
@@ -90,8 +95,6 @@ TARGETS: dict[str, tuple[float, float]] = {
 }
 #: Which target a model's ours/ceiling ratio is held to.
 LIGHT_MODELS = ("lraspp_mobilenet_v3_large", "deeplabv3_mobilenet_v3_large", "segformer_mit_b0")
-
-log = logging.getLogger(__name__)
 
 
 # --------------------------------------------------------------------------------------------
@@ -111,6 +114,13 @@ class Row:
     units: int
     unit: str = "tile"
     note: str = ""
+    background: float | None = None  # others' CPU share during the best run
+
+    def __post_init__(self) -> None:
+        loads = getattr(self.seconds, "background", None)
+        if loads and self.background is None:
+            self.background = loads[self.seconds.index(min(self.seconds))]
+        self.seconds = list(self.seconds)
 
     @property
     def best(self) -> float:
@@ -186,30 +196,93 @@ def format_table(rows: Sequence[Row]) -> str:
     """The table: one line per measured path."""
     head = (
         f"{'section':<9} {'model':<27} {'px':>5} {'path':<40} {'n':>4} {'unit':<5} "
-        f"{'best s':>8} {'median s':>9} {'ms/unit':>9} {'unit/s':>8}  note"
+        f"{'best s':>8} {'median s':>9} {'ms/unit':>9} {'unit/s':>8} {'bg%':>4}  note"
     )
     lines = [head, "-" * len(head)]
     for r in rows:
+        bg = "-" if r.background is None else f"{100 * r.background:.0f}"
         lines.append(
             f"{r.section:<9} {r.model:<27} {r.size or '':>5} {r.path:<40} {r.units:>4} "
             f"{r.unit:<5} {r.best:8.3f} {r.median:9.3f} {r.per_unit_ms():9.2f} "
-            f"{r.rate():8.2f}  {r.note}"
+            f"{r.rate():8.2f} {bg:>4}  {r.note}"
         )
-    return "\n".join(lines)
+    legend = (
+        "best s / median s: over the rounds; ms/unit and unit/s from the best round; bg%: share "
+        "of all CPUs other processes used during the best round (from /proc/stat)"
+    )
+    return "\n".join([*lines, "", legend])
 
 
-def interleave(paths: dict[str, Callable[[], float]], rounds: int) -> dict[str, list[float]]:
+class Timing(list):
+    """Seconds per run (a list of floats) with the background load of each run beside it."""
+
+    background: list[float | None]
+
+
+def _cpu_counters() -> tuple[float, float] | None:
+    """(busy CPU-seconds of the whole machine, CPU-seconds of this process and its reaped
+    children), or None where /proc/stat is missing."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    ticks = os.sysconf("SC_CLK_TCK")
+    # user nice system idle iowait irq softirq steal: everything but idle and iowait is busy.
+    busy = (sum(fields[:8]) - fields[3] - fields[4]) / ticks
+    own = sum(
+        getattr(resource.getrusage(who), attr)
+        for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+        for attr in ("ru_utime", "ru_stime")
+    )
+    return busy, own
+
+
+def timed(fn: Callable[[], float]) -> tuple[float, float | None]:
+    """``fn()`` (seconds) and the share of all CPUs that other processes used meanwhile."""
+    before, start = _cpu_counters(), time.perf_counter()
+    seconds = fn()
+    after, wall = _cpu_counters(), time.perf_counter() - start
+    if before is None or after is None or wall <= 0:
+        return seconds, None
+    others = (after[0] - before[0]) - (after[1] - before[1])
+    return seconds, max(0.0, others) / (wall * (os.cpu_count() or 1))
+
+
+def interleave(paths: dict[str, Callable[[], float]], rounds: int) -> dict[str, Timing]:
     """Run every path ``rounds`` times, alternating the order each round; seconds per run.
 
     On a shared machine a burst of load hits whichever path runs at that moment: alternating
-    spreads it, and the best round of each path is the least disturbed one.
+    spreads it, and the best round of each path is the least disturbed one. The share of the
+    CPUs other processes took during each run is kept beside it (``Timing.background``).
     """
-    times: dict[str, list[float]] = {name: [] for name in paths}
+    times: dict[str, Timing] = {}
+    for name in paths:
+        times[name] = Timing()
+        times[name].background = []
     names = list(paths)
     for r in range(rounds):
         for name in names if r % 2 == 0 else names[::-1]:
-            times[name].append(paths[name]())
+            seconds, background = timed(paths[name])
+            times[name].append(seconds)
+            times[name].background.append(background)
     return times
+
+
+def paired_ratio(reference: Sequence[float], ours: Sequence[float]) -> tuple[float, str]:
+    """Speed of ours relative to ``reference``: the median over rounds of ``reference / ours``.
+
+    The two runs of a round are adjacent in time, so a slow drift of the machine (a shared
+    virtual machine drifts by +-20% over minutes here) cancels within each pair; the median
+    then drops the rounds a burst hit. The ratio of the best runs is given beside it.
+    """
+    per_round = [r / o for r, o in zip(reference, ours, strict=True)]
+    value = statistics.median(per_round)
+    detail = (
+        f"median of {len(per_round)} paired rounds "
+        f"[{', '.join(f'{v:.3f}' for v in per_round)}]; best/best {min(reference) / min(ours):.3f}"
+    )
+    return value, detail
 
 
 # --------------------------------------------------------------------------------------------
@@ -263,6 +336,11 @@ class TileStore:
         args = self.args
         if args.data_root:
             dataset = LoveDASegmentation(args.data_root, args.split, args.scenes)
+            if not dataset.has_masks:
+                raise ConfigError(
+                    f"--split {args.split}: the evaluation is scored, so it needs masks; use "
+                    "--split train or --split val"
+                )
             pairs = [
                 (Path(f["image"]), Path(f["mask"]), _scene_of(f["image"])) for f in dataset.files
             ]
@@ -301,6 +379,8 @@ class TileStore:
             return self._trees[(size, n)]
         pairs, source = self.sources(size)
         root = self.work / f"tiles-{size}px-{n}"
+        if root.exists():  # left by an earlier run with the same --work-dir: rebuild it
+            shutil.rmtree(root)
         scenes: list[str] = []
         for k in range(n):
             image, mask, scene = pairs[k % len(pairs)]
@@ -332,6 +412,8 @@ def _scene_of(image_path: str | Path) -> str:
 
 @dataclass
 class Settings:
+    """What every timed path shares: device, batch, workers, rounds, memory format, AMP."""
+
     device: torch.device
     batch_size: int
     workers: int
@@ -487,15 +569,14 @@ def measure_ceiling_ours(
                 )
                 report.add(Row("eval", name, size, path, seconds, tiles.n, "tile", note + extra))
             if len(times) == 2:
-                ceiling, ours_t = times.values()
+                value, detail = paired_ratio(*times.values())
                 report.ratios.append(
                     Ratio(
                         "ours/ceiling",
                         f"{name} {size}px",
-                        min(ceiling) / min(ours_t),
+                        value,
                         _target_for(name),
-                        f"medians {statistics.median(ceiling) / statistics.median(ours_t):.3f}; "
-                        f"{tiles.n} tiles x {settings.rounds} rounds",
+                        f"{detail}; {tiles.n} tiles per run",
                     )
                 )
             if args.compile:
@@ -512,6 +593,9 @@ def _measure_compiled(
         compiled = torch.compile(model)
         start = time.perf_counter()
         time_ceiling(compiled, batches[:1], settings)
+        # evaluate() calls the model in its own context; guards may differ from the ceiling's
+        # loop and recompile once: one untimed run of ours takes that too.
+        run_ours(compiled, tiles, settings)
         compile_seconds = time.perf_counter() - start
     except Exception as exc:  # inductor needs a C++ compiler on the CPU; report, do not die
         report.facts.append(f"torch.compile failed for {name}: {type(exc).__name__}: {exc}")
@@ -524,17 +608,17 @@ def _measure_compiled(
         },
         settings.rounds,
     )
-    note = f"compiled in {compile_seconds:.0f} s (not timed); mIoU {results[0].miou:.4f}"
+    note = f"compiled + warm-up run {compile_seconds:.0f} s (not timed); mIoU {results[0].miou:.4f}"
     for path, seconds in times.items():
         report.add(Row("compile", name, tiles.size, path, seconds, tiles.n, "tile", note))
-    ceiling, ours_t = times.values()
+    value, detail = paired_ratio(*times.values())
     report.ratios.append(
         Ratio(
             "compiled ours/ceiling",
             f"{name} {tiles.size}px",
-            min(ceiling) / min(ours_t),
+            value,
             _target_for(name),
-            "torch.compile path, reported separately",
+            f"torch.compile path, reported separately; {detail}",
         )
     )
 
@@ -635,6 +719,21 @@ class _Scorer:
         self.logits = output.detach()
 
 
+def _agreement(ours: torch.Tensor, theirs: Any) -> str:
+    """How two confusion matrices of the same pixels compare (identical, or by how much not)."""
+    theirs = theirs.matrix.cpu()
+    if torch.equal(ours, theirs):
+        return "identical confusion matrices"
+    # A pixel predicted differently moves one count from one cell of its row to another
+    # (swaps within a row cancel, hence "at least").
+    moved = int((ours - theirs).abs().sum()) // 2
+    return (
+        f"confusion matrices differ: at least {moved} of {int(ours.sum())} pixels predicted "
+        "differently; NCHW and channels-last convolutions round differently, flipping "
+        "near-tied argmaxes"
+    )
+
+
 def run_torchgeo(
     task: nn.Module, tiles: Tiles, settings: Settings, scorer: _Scorer | None = None
 ) -> float:
@@ -682,7 +781,7 @@ def measure_torchgeo(
     """Section 3: ours against torchgeo's path on the same smp UNet, tiles and workers."""
     name = args.torchgeo_model
     _check_torchgeo_model(name)
-    for size in args.size:
+    for size in args.torchgeo_size:
         ours_model = _model(name, settings)
         # torchgeo's datamodule feeds x / 255 (its mean 0, std 255): ours does the same here,
         # so both networks see identical inputs and must predict identical labels.
@@ -701,9 +800,12 @@ def measure_torchgeo(
         variants["torchgeo + channels_last model"] = cl_task
         scores: dict[str, Any] = {}
         single: dict[str, float] = {}
+        single_bg: dict[str, float | None] = {}
         for label, variant in variants.items():
             scorer = _Scorer()
-            single[label] = run_torchgeo(variant, tiles, settings, scorer)
+            single[label], single_bg[label] = timed(
+                partial(run_torchgeo, variant, tiles, settings, scorer)
+            )
             scores[label] = scorer.confusion
         # "Each path at its best settings": the faster torchgeo variant goes into the rounds.
         best = min(single, key=single.get)  # type: ignore[arg-type]
@@ -744,23 +846,22 @@ def measure_torchgeo(
                         "tile",
                         f"{note}; one run (slower variant); "
                         f"mIoU {scores[label].compute().miou:.4f}",
+                        background=single_bg[label],
                     )
                 )
         ours_t, theirs_t = times.values()
-        same = {label: torch.equal(result.confusion, m.matrix.cpu()) for label, m in scores.items()}
         miou_text = "; ".join(
             f"mIoU ours {result.miou:.6f} vs {label.removeprefix('torchgeo ')} "
-            f"{scores[label].compute().miou:.6f} "
-            f"({'identical confusion matrices' if same[label] else 'matrices DIFFER'})"
+            f"{scores[label].compute().miou:.6f} ({_agreement(result.confusion, scores[label])})"
             for label in variants
         )
         report.ratios.append(
             Ratio(
                 "ours/torchgeo",
                 f"{name} {size}px vs {best.removeprefix('torchgeo ')}",
-                min(theirs_t) / min(ours_t),
+                paired_ratio(theirs_t, ours_t)[0],
                 "ours/torchgeo",
-                f"medians {statistics.median(theirs_t) / statistics.median(ours_t):.3f}",
+                paired_ratio(theirs_t, ours_t)[1],
             )
         )
         report.facts.append(f"torchgeo {name} {size}px: {miou_text}")
@@ -887,7 +988,7 @@ def measure_train(
             scaler.update()
             scheduler.step()
         synchronize(settings.device)
-        losses["plain"] = float(loss)
+        losses["plain"] = float(loss.detach())
         return time.perf_counter() - start
 
     progress(
@@ -897,6 +998,13 @@ def measure_train(
     times = interleave(
         {"ours: SegmentationTask + Trainer": lightning, "plain PyTorch loop": plain},
         settings.rounds,
+    )
+    report.facts.append(
+        _lightning_overhead(
+            lightning,
+            steps,
+            statistics.median(times["ours: SegmentationTask + Trainer"]) / (steps - warm),
+        )
     )
     timed = steps - warm
     note = (
@@ -910,11 +1018,36 @@ def measure_train(
         Ratio(
             "lightning/plain steps",
             f"{name} crop {crop} batch {args.train_batch}",
-            min(plain_t) / min(ours_t),
+            paired_ratio(plain_t, ours_t)[0],
             "lightning/plain",
-            f"medians {statistics.median(plain_t) / statistics.median(ours_t):.3f}; "
-            f"{timed} timed steps x {settings.rounds} rounds",
+            f"{paired_ratio(plain_t, ours_t)[1]}; {timed} timed steps per run",
         )
+    )
+
+
+def _lightning_overhead(fit: Callable[[], float], steps: int, step_seconds: float) -> str:
+    """Lightning's own Python time per step, from one more fit under ``cProfile``.
+
+    Unlike the timed ratio this does not depend on how the shared host drifts: it sums the
+    time spent in the lightning package's own code (not in torch ops it calls) over the fit.
+    """
+    import cProfile
+    import pstats
+
+    profiler = cProfile.Profile()
+    profiler.enable()
+    fit()
+    profiler.disable()
+    own = sum(
+        stat[2]  # tottime: time in the function itself
+        for (filename, _, _), stat in pstats.Stats(profiler).stats.items()  # type: ignore[attr-defined]
+        if f"{os.sep}lightning{os.sep}" in filename
+    )
+    per_step = own / steps
+    return (
+        f"train: Lightning's own Python code took {1000 * per_step:.2f} ms per step in a "
+        f"profiled fit (setup and teardown included), {100 * per_step / step_seconds:.2f}% of "
+        f"a {1000 * step_seconds:.0f} ms step"
     )
 
 
@@ -973,10 +1106,10 @@ def measure_fps_check(report: Report, args: argparse.Namespace, settings: Settin
         Ratio(
             "fps ours/independent",
             f"{name} {size}px",
-            min(ref_t) / min(ours_t),
+            paired_ratio(ref_t, ours_t)[0],
             "fps/independent",
-            f"{1 / min(ours_t):.3f} vs {1 / min(ref_t):.3f} fps; medians "
-            f"{statistics.median(ref_t) / statistics.median(ours_t):.3f}",
+            f"{1 / statistics.median(ours_t):.3f} vs {1 / statistics.median(ref_t):.3f} fps "
+            f"(medians); {paired_ratio(ref_t, ours_t)[1]}",
         )
     )
     gc.collect()
@@ -987,16 +1120,27 @@ def measure_fps_check(report: Report, args: argparse.Namespace, settings: Settin
 # --------------------------------------------------------------------------------------------
 
 
-def _rss_gb() -> float:
-    """Current resident memory of this process (GiB), from /proc (0 where unavailable)."""
+def _rss_gb(field: str = "VmRSS") -> float:
+    """Resident memory of this process (GiB) from /proc/self/status: ``VmRSS`` now, ``VmHWM``
+    its peak; 0 where /proc is unavailable."""
     try:
         with open("/proc/self/status") as f:
             for line in f:
-                if line.startswith("VmRSS:"):
+                if line.startswith(f"{field}:"):
                     return int(line.split()[1]) / 1024**2
     except OSError:
         pass
     return 0.0
+
+
+def _reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS mark (Linux >= 4.0), so ``VmHWM`` then measures from now."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
 
 
 def _memory_child(spec_json: str) -> None:
@@ -1011,6 +1155,9 @@ def _memory_child(spec_json: str) -> None:
     torch.manual_seed(0)
     model = build_model(spec["model"], pretrained="none").eval().to(device)
     rss_model = _rss_gb()
+    # ru_maxrss would carry the parent's size over fork+exec; VmHWM, reset here, is this
+    # process's own peak from the model onwards.
+    hwm = _reset_peak_rss()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     datamodule = LoveDADataModule(
@@ -1020,8 +1167,15 @@ def _memory_child(spec_json: str) -> None:
         eval_batch_size=spec["batch_size"],
         num_workers=spec["workers"],
     )
+    rss_batches: list[float] = []
+
+    def batches(loader):  # resident memory as each batch arrives: growth would show here
+        for batch in loader:
+            rss_batches.append(_rss_gb())
+            yield batch
+
     start = time.perf_counter()
-    result = evaluate(model, datamodule.val_dataloader(), device=device)
+    result = evaluate(model, batches(datamodule.val_dataloader()), device=device)
     seconds = time.perf_counter() - start
     del datamodule
     gc.collect()  # joins the workers, so their peak lands in RUSAGE_CHILDREN
@@ -1030,7 +1184,12 @@ def _memory_child(spec_json: str) -> None:
         "n_images": result.n_images,
         "seconds": seconds,
         "rss_after_model_gb": rss_model,
-        "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 1024**3,
+        "rss_second_batch_gb": rss_batches[min(1, len(rss_batches) - 1)],
+        "rss_last_batch_gb": rss_batches[-1],
+        "peak_rss_gb": _rss_gb("VmHWM")
+        if hwm
+        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 1024**3,
+        "peak_source": "VmHWM from the model on" if hwm else "ru_maxrss",
         "peak_worker_rss_gb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
         * scale
         / 1024**3,
@@ -1061,12 +1220,15 @@ def measure_memory(
         }
         progress(f"memory, {name} at {size} px: {n} tiles in a fresh process ...")
         code = "import sys; from loveda_utils.bench_pipeline import _memory_child; _memory_child(sys.argv[1])"
-        done = subprocess.run(
-            [sys.executable, "-c", code, json.dumps(spec)],
-            capture_output=True,
-            text=True,
-            cwd=PROJECT_ROOT,
-            check=False,
+        done, background = timed(
+            partial(
+                subprocess.run,
+                [sys.executable, "-c", code, json.dumps(spec)],
+                capture_output=True,
+                text=True,
+                cwd=PROJECT_ROOT,
+                check=False,
+            )
         )
         line = next((ln for ln in done.stdout.splitlines() if ln.startswith("MEMORY ")), None)
         if done.returncode != 0 or line is None:
@@ -1074,6 +1236,7 @@ def measure_memory(
         peaks[n] = json.loads(line.removeprefix("MEMORY "))
         p = peaks[n]
         cuda = f"; CUDA peak {p['cuda_peak_gb']:.3f} GiB" if p["cuda_peak_gb"] is not None else ""
+        workers = f"; largest worker {p['peak_worker_rss_gb']:.3f} GiB" if settings.workers else ""
         report.add(
             Row(
                 "memory",
@@ -1083,9 +1246,10 @@ def measure_memory(
                 [p["seconds"]],
                 n,
                 "tile",
-                f"peak RSS {p['peak_rss_gb']:.3f} GiB (model loaded: "
-                f"{p['rss_after_model_gb']:.3f}); worker peak "
-                f"{p['peak_worker_rss_gb']:.3f} GiB{cuda}",
+                f"peak RSS {p['peak_rss_gb']:.3f} GiB ({p['peak_source']}); RSS model loaded "
+                f"{p['rss_after_model_gb']:.3f}, at batch 2 {p['rss_second_batch_gb']:.3f}, at "
+                f"the last batch {p['rss_last_batch_gb']:.3f}{workers}{cuda}",
+                background=background,
             )
         )
     low, high = min(peaks), max(peaks)
@@ -1158,55 +1322,45 @@ def measure_ablation(
         model, tiles, settings, eval_transform=_float_in_workers()
     )[0]
     times = interleave(variants, settings.rounds)
-    final = min(next(iter(times.values())))
+    final = next(iter(times.values()))
     for path, seconds in times.items():
-        delta = 1000 * (min(seconds) - final) / tiles.n
-        report.add(
-            Row(
-                "ablation",
-                name,
-                size,
-                path,
-                seconds,
-                tiles.n,
-                "tile",
-                "" if path.startswith("final") else f"{delta:+.2f} ms/tile vs final",
-            )
+        # Paired with the final path's run of the same round (the host drifts between rounds).
+        delta = statistics.median(1000 * (v - f) / tiles.n for v, f in zip(seconds, final))
+        ratio = statistics.median(f / v for v, f in zip(seconds, final))
+        note = (
+            ""
+            if path.startswith("final")
+            else f"{delta:+.2f} ms/tile vs final (speed x{ratio:.2f}; medians of paired rounds)"
         )
+        report.add(Row("ablation", name, size, path, seconds, tiles.n, "tile", note))
 
     # The per-tile kernels, on this model's real logits and a real mask.
+    from .datasets import LoveDASegmentation
+
     batch = probe[0]
+    mask = LoveDASegmentation(tiles.root, "val", tiles.scenes)[0]["mask"]
+    mask = mask.unsqueeze(0).expand(batch.shape[0], -1, -1).to(settings.device)
+    scenes = [tiles.scenes[0]] * batch.shape[0]
     with torch.inference_mode(), settings.autocast():
         logits = model(batch)
-        from .datasets import LoveDASegmentation
-
-        mask = LoveDASegmentation(tiles.root, "val", tiles.scenes)[0]["mask"].unsqueeze(0)
-        mask = mask.expand(batch.shape[0], -1, -1).to(settings.device)
+        nchw = logits.contiguous()
         labels = logits.argmax(1)
         old_cm = PerSceneConfusion(device=settings.device)
         new_cm = _ConfusionBins(NUM_CLASSES, settings.device)
-        scenes = [tiles.scenes[0]] * batch.shape[0]
         kernels = {
-            "kernel: torch.argmax(logits, 1)": lambda: logits.argmax(1),
-            "kernel: _labels (amax + compare)": lambda: _labels(logits),
-            "kernel: PerSceneConfusion.update": lambda: old_cm.update(labels, mask, scenes),
-            "kernel: one bincount (_ConfusionBins)": lambda: new_cm.update(labels, mask, scenes),
+            f"labels: argmax, {'channels-last' if settings.channels_last else 'NCHW'} logits": (
+                lambda: logits.argmax(1)
+            ),
+            "labels: argmax, NCHW logits": lambda: nchw.argmax(1),
+            "labels: _labels (amax+compare), NCHW": lambda: _labels(nchw),
+            "confusion: PerSceneConfusion.update": lambda: old_cm.update(labels, mask, scenes),
+            "confusion: one bincount (evaluate)": lambda: new_cm.update(labels, mask, scenes),
             "forward under torch.inference_mode": lambda: model(batch),
         }
         for path, fn in kernels.items():
             ms = _kernel_ms(fn, reps=5 if "forward" in path else 20)
-            report.add(
-                Row(
-                    "kernel",
-                    name,
-                    size,
-                    path,
-                    [ms / 1000],
-                    batch.shape[0],
-                    "tile",
-                    "best of repeats, per batch",
-                )
-            )
+            note = "best of repeats, per batch"
+            report.add(Row("kernel", name, size, path, [ms / 1000], batch.shape[0], "tile", note))
     with torch.no_grad(), settings.autocast():
         ms = _kernel_ms(lambda: model(batch), reps=5)
     report.add(
@@ -1314,8 +1468,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--rounds",
         type=int,
-        default=3,
-        help="interleaved repetitions of each timed path (default 3)",
+        default=5,
+        help="interleaved repetitions of each timed path (default 5)",
     )
     parser.add_argument(
         "--threads",
@@ -1335,11 +1489,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="smp UNet built by both paths (default %(default)s)",
     )
     parser.add_argument(
+        "--torchgeo-size",
+        type=_csv(int),
+        default=None,
+        help="tile sides of the torchgeo comparison (default: the smallest --size)",
+    )
+    parser.add_argument(
         "--train-model",
         default=None,
         help="model for the training steps (default: the first --model)",
     )
-    parser.add_argument("--train-steps", type=int, default=8, help="steps per run (default 8)")
+    parser.add_argument("--train-steps", type=int, default=12, help="steps per run (default 12)")
     parser.add_argument(
         "--train-warmup", type=int, default=2, help="first steps left out of the timing (default 2)"
     )
@@ -1405,8 +1565,9 @@ def _validate(args: argparse.Namespace) -> None:
         raise ConfigError(f"--tiles {args.tiles}: must be at least 1")
     if args.workers is not None and args.workers < 0:
         raise ConfigError(f"--workers {args.workers}: must be 0 or more")
-    if any(s < 32 or s % 32 for s in args.size):
-        raise ConfigError(f"--size {args.size}: sides must be multiples of 32 (smp's UNet)")
+    for flag, sizes in (("--size", args.size), ("--torchgeo-size", args.torchgeo_size)):
+        if any(s < 32 or s % 32 for s in sizes):
+            raise ConfigError(f"{flag} {sizes}: sides must be multiples of 32 (smp's UNet)")
     if not args.model:
         raise ConfigError("--model is empty: name at least one registry model")
 
@@ -1453,6 +1614,7 @@ def run(args: argparse.Namespace) -> int:
         args.fps_size = args.fps_size or max(args.size)
         args.memory_model = args.memory_model or args.model[0]
         args.memory_size = args.memory_size or min(args.size)
+        args.torchgeo_size = args.torchgeo_size or [min(args.size)]
         _validate(args)
         settings = _settings(args)
     except LoveDAError as exc:

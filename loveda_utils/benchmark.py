@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, Subset
 from .classes import normalize_scenes, normalize_split
 from .datamodule import LoveDADataModule
 from .errors import CheckpointError, ConfigError
-from .inference import evaluate
+from .inference import default_channels_last, evaluate
 from .measure import PeakMemoryMonitor, count_gflops, count_params, measure_fps, resolve_device
 from .models import get_spec
 from .paths import PROJECT_ROOT, RESULTS_DIR, resolve_data_root
@@ -80,7 +80,7 @@ class BenchmarkConfig:
     fps_warmup: int = 5
     flops_size: int = 1024
     gradient_clip_val: float | None = None
-    channels_last: bool = False
+    channels_last: bool | None = None  # None: on for CPU and CUDA+AMP inference (faster there)
     visual_tiles: int = 4
     progress: bool = True
 
@@ -183,7 +183,7 @@ class BenchmarkRun:
             return self.task
         self.task = SegmentationTask(
             model=c.model, pretrained=c.pretrained, optimizer=c.optimizer, lr=c.lr,
-            weight_decay=c.weight_decay, max_steps=c.max_steps, channels_last=c.channels_last,
+            weight_decay=c.weight_decay, max_steps=c.max_steps, channels_last=bool(c.channels_last),
         )
         trainer = build_trainer(
             self.run_dir, max_steps=c.max_steps, accelerator=c.accelerator, devices=c.devices,
@@ -293,8 +293,12 @@ class BenchmarkRun:
         c = self.config
         model = self._model()
         size = c.fps_size or self.datamodule.tile_size(_base(self.datamodule.eval_dataset))[0]
+        # Time the model as evaluate() runs it (same memory-format rule).
+        channels_last = c.channels_last
+        if channels_last is None:
+            channels_last = default_channels_last(self.device)
         speed = measure_fps(model, size=size, n_images=c.fps_images, warmup=c.fps_warmup,
-                            device=self.device, channels_last=c.channels_last)
+                            device=self.device, channels_last=channels_last)
         self.facts.update(
             speed=speed, params_m=count_params(model), gflops=count_gflops(model, size=c.flops_size),
         )

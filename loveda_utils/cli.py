@@ -239,6 +239,23 @@ def train(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- bench-pipeline ----------------------------------------------------------------------------
+
+
+def _bench_args(p: argparse.ArgumentParser) -> None:
+    from .bench_pipeline import add_arguments
+
+    add_arguments(p)
+
+
+@command("bench-pipeline", "measure the evaluation/training pipeline against its ceiling and torchgeo's path",
+         _bench_args)
+def bench_pipeline(args: argparse.Namespace) -> int:
+    from .bench_pipeline import run
+
+    return run(args)
+
+
 # -- entry point -------------------------------------------------------------------------------
 
 

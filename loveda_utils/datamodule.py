@@ -32,8 +32,18 @@ def seed_worker(worker_id: int) -> None:
 
 
 def default_num_workers() -> int:
-    """Decoding 1024 px PNGs is CPU-bound: one worker per core, capped at 8."""
-    return max(0, min(8, (os.cpu_count() or 1)))
+    """Loader processes: one per core (up to 8) when a GPU runs the model, else the spare cores.
+
+    With CUDA the cores are free to decode PNGs (CPU-bound) while the GPU computes. Without it
+    the model's forward/backward already uses ``torch.get_num_threads()`` cores (all of them by
+    default), and workers only compete with it: on the 2-core benchmark machine, 2 workers made
+    evaluation 10-25% and training 40% slower than decoding in the main process
+    (``benchmarks/RESULTS.md``). So the CPU default is the cores torch leaves unused (0 by default).
+    """
+    cores = os.cpu_count() or 1
+    if torch.cuda.is_available():
+        return max(0, min(8, cores))
+    return max(0, min(8, cores - torch.get_num_threads()))
 
 
 class LoveDADataModule(L.LightningDataModule):
@@ -71,7 +81,8 @@ class LoveDADataModule(L.LightningDataModule):
             predictions only).
         batch_size: training batch size; ``eval_batch_size``: whole tiles per evaluation batch.
         crop_size: training crop; refused when larger than the tiles.
-        num_workers: loader processes (default: one per core, up to 8).
+        num_workers: loader processes (default: :func:`default_num_workers`, one per core up to 8
+            with CUDA, the cores torch's threads leave free without).
         pin_memory: page-locked host memory for faster copies (default: when CUDA is available).
         seed: seeds the shuffling and, through it, every worker's augmentation stream.
         train_transform, eval_transform: replace the default pipelines.

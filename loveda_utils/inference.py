@@ -282,6 +282,11 @@ def _default_channels_last(device: torch.device, amp_dtype: torch.dtype | None) 
     return device.type == "cpu" or (device.type == "cuda" and amp_dtype is not None)
 
 
+def default_channels_last(device: torch.device, amp: bool | torch.dtype | None = None) -> bool:
+    """Whether :func:`evaluate` runs ``channels_last`` by default on ``device`` (for fps timing)."""
+    return _default_channels_last(device, _amp_dtype(device, amp))
+
+
 def _amp_dtype(device: torch.device, amp: bool | torch.dtype | None) -> torch.dtype | None:
     """The autocast dtype for ``amp`` on ``device`` (``None`` = no autocast).
 
@@ -340,18 +345,24 @@ def _progress(iterable: Iterable[Any], enabled: bool, total: int | None) -> Iter
 
 
 def _labels(logits: torch.Tensor) -> torch.Tensor:
-    """``logits.argmax(dim=1)`` (first maximum on ties), cheaper on the CPU.
+    """``logits.argmax(dim=1)`` (the first maximum on ties), without the CPU's slow case.
 
-    On the CPU, ``argmax`` over the class dimension is a slow reduction (3 ms for a 512 px,
-    7-class tile here, 30 ms when the logits are NCHW). ``amax`` over a non-innermost dim is
-    vectorised, so the labels come from ``amax`` and one compare: the same labels, as uint8,
-    in a third of the time. NaN logits (``amax`` would hide them) and other devices, where
-    ``argmax`` is fast, take ``argmax`` itself.
+    On the CPU, ``argmax`` over the class dimension of NCHW logits is a strided reduction:
+    23 ms for one 512 px, 7-class tile here (80 ms at 1024 px), against 1.2 ms when the
+    logits are channels-last. For NCHW logits the labels come from ``amax``, which is
+    vectorised across the row, and one compare: 0.9 ms, the same labels (as uint8).
+    Channels-last logits, other devices and NaN logits (``amax`` would hide them) take
+    ``argmax`` itself.
     """
     num_classes = logits.shape[1]
-    if logits.device.type != "cpu" or num_classes > 255 or not logits.is_floating_point():
+    if (
+        logits.device.type != "cpu"
+        or logits.ndim != 4
+        or num_classes > 255
+        or not logits.is_floating_point()
+        or not logits.is_contiguous()
+    ):
         return logits.argmax(dim=1)
-    logits = logits.contiguous()  # NCHW: the class reduction then runs across W, vectorised
     top = logits.amax(dim=1, keepdim=True)
     if bool(top.isnan().any()):
         return logits.argmax(dim=1)
