@@ -41,6 +41,7 @@ from .classes import (
     normalize_split,
     train_to_raw,
 )
+from .measure import synchronize
 from .metrics import SegmentationScores, scores_from_confusion
 
 __all__ = [
@@ -313,13 +314,6 @@ def _autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.Abs
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    elif device.type == "mps":
-        torch.mps.synchronize()
-
-
 def _as_list(value: Any, n: int, key: str) -> list[Any] | None:
     """A batched metadata field as a list of ``n`` items (a str is shared by the batch)."""
     if value is None:
@@ -583,7 +577,7 @@ def evaluate(
         total = None
     try:
         with torch.inference_mode():
-            _synchronize(device)
+            synchronize(device)
             start = time.perf_counter()
             for batch in _progress(dataloader, progress, total):
                 if "image" not in batch:
@@ -598,7 +592,7 @@ def evaluate(
                 n_images += take
                 if limit_images is not None and n_images >= limit_images:
                     break
-            _synchronize(device)
+            synchronize(device)
             seconds = time.perf_counter() - start
     finally:
         if was_training:
