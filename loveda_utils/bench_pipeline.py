@@ -422,15 +422,16 @@ class Settings:
     amp_dtype: torch.dtype | None
 
     def autocast(self) -> contextlib.AbstractContextManager:
-        from .inference import _autocast
+        from .measure import autocast
 
-        return _autocast(self.device, self.amp_dtype)
+        return autocast(self.device, self.amp_dtype)
 
 
 def _settings(args: argparse.Namespace) -> Settings:
     # evaluate()'s own defaults, so the ceiling runs exactly like the evaluation.
     from .datamodule import default_num_workers
-    from .inference import _amp_dtype, _default_channels_last
+    from .inference import _default_channels_last
+    from .measure import amp_dtype as _amp_dtype
 
     device = resolve_device(args.device)
     amp_dtype = _amp_dtype(device, None)

@@ -292,7 +292,7 @@ class BenchmarkRun:
         """fps (median, spread), parameters and FLOPs, as in DESIGN.md section 3."""
         c = self.config
         model = self._model()
-        size = c.fps_size or self.datamodule.tile_size(_base(self.datamodule.eval_dataset))[0]
+        size = c.fps_size or self.datamodule.eval_tile_size()[0]
         # Time the model as evaluate() runs it (same memory-format rule).
         channels_last = c.channels_last
         if channels_last is None:

@@ -135,6 +135,13 @@ class LoveDADataModule(L.LightningDataModule):
         with Image.open(dataset.files[0]["image"]) as img:
             return img.height, img.width
 
+    def eval_tile_size(self) -> tuple[int, int]:
+        """(height, width) of the eval split's tiles (of the full split behind a ``limit_eval_images``)."""
+        if self.eval_dataset is None:
+            self.setup("validate")
+        dataset = self.eval_dataset
+        return self.tile_size(dataset.dataset if isinstance(dataset, Subset) else dataset)
+
     # -- loaders -------------------------------------------------------------------------------
 
     def _loader(self, dataset, batch_size: int, shuffle: bool) -> DataLoader:

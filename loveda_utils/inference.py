@@ -18,7 +18,6 @@ Models follow docs/CONTRACTS.md: ``model(images)`` with images uint8/float 0..25
 
 from __future__ import annotations
 
-import contextlib
 import os
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -41,7 +40,7 @@ from .classes import (
     normalize_split,
     train_to_raw,
 )
-from .measure import synchronize
+from .measure import amp_dtype, autocast, synchronize
 from .metrics import SegmentationScores, scores_from_confusion
 
 __all__ = [
@@ -285,33 +284,7 @@ def _default_channels_last(device: torch.device, amp_dtype: torch.dtype | None) 
 
 def default_channels_last(device: torch.device, amp: bool | torch.dtype | None = None) -> bool:
     """Whether :func:`evaluate` runs ``channels_last`` by default on ``device`` (for fps timing)."""
-    return _default_channels_last(device, _amp_dtype(device, amp))
-
-
-def _amp_dtype(device: torch.device, amp: bool | torch.dtype | None) -> torch.dtype | None:
-    """The autocast dtype for ``amp`` on ``device`` (``None`` = no autocast).
-
-    ``amp=None``: on for CUDA only; ``True``: on for any device; ``False``: off.
-    """
-    if amp is None:
-        amp = device.type == "cuda"
-    if amp is False:
-        return None
-    if isinstance(amp, torch.dtype):
-        return amp
-    if device.type == "cuda":
-        # Emulated bf16 (pre-Ampere GPUs) is slower than fp16: ask for native support only.
-        native_bf16 = torch.cuda.is_bf16_supported(including_emulation=False)
-        return torch.bfloat16 if native_bf16 else torch.float16
-    if device.type == "cpu":
-        return torch.bfloat16  # the dtype CPU autocast is built and tuned for
-    return torch.float16
-
-
-def _autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
+    return _default_channels_last(device, amp_dtype(device, amp))
 
 
 def _as_list(value: Any, n: int, key: str) -> list[Any] | None:
@@ -521,9 +494,9 @@ def evaluate(
     if len(class_names) != num_classes:
         raise ValueError(f"class_names has {len(class_names)} names but num_classes={num_classes}")
     save_dir = Path(save_predictions_dir) if save_predictions_dir is not None else None
-    amp_dtype = _amp_dtype(device, amp)
+    autocast_dtype = amp_dtype(device, amp)
     if channels_last is None:
-        channels_last = _default_channels_last(device, amp_dtype)
+        channels_last = _default_channels_last(device, autocast_dtype)
     # Converted for the call only (like eval mode): the caller's model comes back as it was.
     convert = channels_last and isinstance(model, nn.Module) and not _is_channels_last(model)
     if convert:
@@ -544,7 +517,7 @@ def evaluate(
         images = images.to(device, non_blocking=True)
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        with _autocast(device, amp_dtype):
+        with autocast(device, autocast_dtype):
             if ms_flip:
                 out = predict_ms_flip(
                     model, images, scales, flip, mode, window, stride, num_classes
@@ -618,7 +591,7 @@ def evaluate(
             "flip": flip if ms_flip else False,
             "window": window if mode == "slide" else None,
             "stride": stride if mode == "slide" else None,
-            "amp": None if amp_dtype is None else str(amp_dtype).removeprefix("torch."),
+            "amp": None if autocast_dtype is None else str(autocast_dtype).removeprefix("torch."),
             "channels_last": bool(channels_last),
             "device": str(device),
         },

@@ -16,6 +16,7 @@ Protocol (DESIGN.md section 3, MMSeg-compatible):
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import resource
@@ -93,14 +94,32 @@ class SpeedResult:
         return asdict(self)
 
 
-def autocast_for(device: torch.device, amp: bool | None):
-    """AMP context: on by default on CUDA (bf16 where supported), off elsewhere unless asked."""
+def amp_dtype(device: torch.device, amp: bool | torch.dtype | None = None) -> torch.dtype | None:
+    """The autocast dtype for ``amp`` on ``device`` (``None`` = no autocast): the one AMP policy,
+    shared by evaluation and fps timing so both run the model in the same precision.
+
+    ``amp=None``: on for CUDA only; ``True``: on for any device; ``False``: off; a dtype: that.
+    """
     if amp is None:
         amp = device.type == "cuda"
-    if not amp:
-        return torch.autocast(device.type, enabled=False), False
-    dtype = torch.bfloat16 if device.type != "cuda" or torch.cuda.is_bf16_supported() else torch.float16
-    return torch.autocast(device.type, dtype=dtype), True
+    if amp is False:
+        return None
+    if isinstance(amp, torch.dtype):
+        return amp
+    if device.type == "cuda":
+        # Emulated bf16 (pre-Ampere GPUs) is slower than fp16: ask for native support only.
+        native_bf16 = torch.cuda.is_bf16_supported(including_emulation=False)
+        return torch.bfloat16 if native_bf16 else torch.float16
+    if device.type == "cpu":
+        return torch.bfloat16  # the dtype CPU autocast is built and tuned for
+    return torch.float16
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    """``torch.autocast`` for ``dtype``, or a no-op context when ``dtype`` is ``None``."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 def measure_fps(
@@ -110,7 +129,7 @@ def measure_fps(
     n_images: int = 200,
     warmup: int = 5,
     device: torch.device | str | None = None,
-    amp: bool | None = None,
+    amp: bool | torch.dtype | None = None,
     channels_last: bool = False,
 ) -> SpeedResult:
     """Time ``model`` forward + argmax on batch-1 uint8 ``size`` x ``size`` images (protocol above)."""
@@ -122,9 +141,9 @@ def measure_fps(
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
         image = image.contiguous(memory_format=torch.channels_last)
-    context, amp_on = autocast_for(device, amp)
+    dtype = amp_dtype(device, amp)
     times = []
-    with torch.inference_mode(), context:
+    with torch.inference_mode(), autocast(device, dtype):
         for i in range(warmup + n_images):
             synchronize(device)
             start = time.perf_counter()
@@ -142,7 +161,7 @@ def measure_fps(
         warmup=warmup,
         size=size,
         device=device_name(device),
-        amp=amp_on,
+        amp=dtype is not None,
         channels_last=channels_last,
     )
 

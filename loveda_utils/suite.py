@@ -384,7 +384,7 @@ def _estimate_one(model: str, params: dict[str, Any], steps: int, queue) -> None
         # One whole-tile forward to project the evaluation.
         device = resolve_device(params.get("accelerator", "auto"))
         net = task.model.to(device).eval()
-        side = dm.tile_size(dm.eval_dataset.dataset if hasattr(dm.eval_dataset, "dataset") else dm.eval_dataset)[0]
+        side = dm.eval_tile_size()[0]
         image = torch.zeros(1, 3, side, side, dtype=torch.uint8, device=device)
         with torch.inference_mode():
             net(image)

@@ -21,7 +21,7 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from .classes import IGNORE_INDEX, NUM_CLASSES
 from .errors import CheckpointError, ConfigError
 from .measure import PeakMemoryMonitor
-from .metrics import PerSceneConfusion
+from .metrics import PerSceneConfusion, scores_from_confusion
 from .models import build_model
 
 OPTIMIZERS = ("sgd", "adamw")
@@ -112,8 +112,6 @@ class SegmentationTask(L.LightningModule):
         matrix = self.val_confusion.overall.matrix.to(self.device)
         if self.trainer.world_size > 1:
             matrix = self.trainer.strategy.reduce(matrix.float(), reduce_op="sum").round().long()
-        from .metrics import scores_from_confusion
-
         scores = scores_from_confusion(matrix.cpu())
         self.log("val/miou", float(scores.miou), prog_bar=True, sync_dist=False)
         self.log("val/acc", float(scores.accuracy), sync_dist=False)
