@@ -54,6 +54,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -494,6 +495,7 @@ def run_ours(
     workers: int | None = None,
     channels_last: bool | None = None,
     eval_transform: Callable | None = None,
+    read_ahead: int | None = None,
 ) -> tuple[float, Any]:
     """Seconds from the PNG files to the finished confusion matrix, and the result."""
     from .datamodule import LoveDADataModule
@@ -507,6 +509,7 @@ def run_ours(
         eval_batch_size=settings.batch_size,
         num_workers=settings.workers if workers is None else workers,
         eval_transform=eval_transform,
+        read_ahead=read_ahead,
     )
     result = evaluate(
         model,
@@ -1303,6 +1306,7 @@ def measure_ablation(
     """Section 7: ours with one optimisation off at a time; the kernels old against new."""
     from .inference import _ConfusionBins, _labels
     from .metrics import PerSceneConfusion
+    from .pngio import read_png
 
     name, size = args.model[0], min(args.size)
     model = _model(name, settings)
@@ -1318,6 +1322,10 @@ def measure_ablation(
     for w in sorted({0, 1, 2} - {settings.workers}):
         if w <= (os.cpu_count() or 1):
             variants[f"{w} workers"] = lambda w=w: run_ours(model, tiles, settings, workers=w)[0]
+    if settings.workers == 0:
+        variants["no read-ahead (one tile at a time)"] = lambda: run_ours(
+            model, tiles, settings, read_ahead=1
+        )[0]
     variants["channels_last off (NCHW model)"] = lambda: _run_nchw(model, tiles, settings)
     variants["float32 images from workers"] = lambda: run_ours(
         model, tiles, settings, eval_transform=_float_in_workers()
@@ -1338,8 +1346,22 @@ def measure_ablation(
     # The per-tile kernels, on this model's real logits and a real mask.
     from .datasets import LoveDASegmentation
 
+    dataset = LoveDASegmentation(tiles.root, "val", tiles.scenes)
+    files = dataset.files[0]
+    for path, fn in {
+        "decode image + mask: Pillow, np.array": lambda: [
+            _pillow_array(files["image"]),
+            _pillow_array(files["mask"]),
+        ],
+        "decode image + mask: read_png (imagecodecs)": lambda: [
+            read_png(files["image"], "image"),
+            read_png(files["mask"], "mask"),
+        ],
+    }.items():
+        ms = _kernel_ms(fn)
+        report.add(Row("kernel", name, size, path, [ms / 1000], 1, "tile", "best of repeats, one core"))
     batch = probe[0]
-    mask = LoveDASegmentation(tiles.root, "val", tiles.scenes)[0]["mask"]
+    mask = dataset[0]["mask"]
     mask = mask.unsqueeze(0).expand(batch.shape[0], -1, -1).to(settings.device)
     scenes = [tiles.scenes[0]] * batch.shape[0]
     with torch.inference_mode(), settings.autocast():
@@ -1382,6 +1404,14 @@ def measure_ablation(
             "copy); on CUDA the DataModule pins batches and evaluate() copies non-blocking"
         )
     gc.collect()
+
+
+def _pillow_array(path: str) -> np.ndarray:
+    """How the dataset decoded before ``pngio``: Pillow, then a copy into numpy."""
+    from PIL import Image
+
+    with Image.open(path) as img:
+        return np.array(img)
 
 
 def _run_nchw(model: nn.Module, tiles: Tiles, settings: Settings) -> float:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import operator
 import os
 import random
+import threading
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +15,7 @@ import lightning as L
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader, Dataset, Subset, default_collate
 
 from .classes import normalize_scenes, normalize_split
 from .datasets import LoveDASegmentation
@@ -46,6 +49,107 @@ def default_num_workers() -> int:
     return max(0, min(8, cores - torch.get_num_threads()))
 
 
+def collate(samples: Sequence[Sample]) -> dict[str, Any]:
+    """``default_collate``, except that images stored channels-last stay so in the batch.
+
+    The dataset hands out images as views of the decoded ``[H, W, 3]`` arrays. Stacking them
+    as they are stored is a plain copy and gives a channels-last ``[B, 3, H, W]`` batch, the
+    layout the model runs in on the CPU; ``default_collate`` would transpose every tile to
+    NCHW (1.5 ms per 1024 px tile here) and the evaluation would transpose it back (3 ms).
+    Images in any other layout (e.g. after a resizing transform) are stacked as usual.
+    """
+    images = [s["image"] for s in samples] if samples and "image" in samples[0] else []
+    hwc = [im.permute(1, 2, 0) for im in images if isinstance(im, torch.Tensor) and im.ndim == 3]
+    if not hwc or len(hwc) != len(images) or not all(x.is_contiguous() for x in hwc):
+        return default_collate(samples)
+    batch = default_collate([{k: v for k, v in s.items() if k != "image"} for s in samples])
+    # default_collate stacks into shared memory inside a loader worker: no extra copy there.
+    batch["image"] = default_collate(hwc).permute(0, 3, 1, 2)
+    return batch
+
+
+class ReadAhead(Dataset):
+    """Load the next tiles of an in-order pass together, on several threads, while the model waits.
+
+    Without CUDA the forward pass keeps every core busy, so loader workers only compete with it
+    (:func:`default_num_workers`) and the main process decodes; but then one core decodes while
+    the others idle. Asked for a tile that is not ready, this wrapper loads it and the next
+    ``ahead - 1`` tiles at once: the calling thread and ``threads - 1`` helpers take tiles in
+    turn (PNG decoders release the GIL), and it returns only when all are done, so nothing
+    decodes during the following forward passes, which it serves from that buffer.
+
+    Why bursts of several tiles per thread: waking a sleeping thread costs up to milliseconds
+    on a virtual machine whose idle CPUs halt, as much as decoding a 512 px tile; a burst pays
+    it once for ``ahead`` tiles (``benchmarks/RESULTS.md``).
+
+    For evaluation: samples are produced in the threads, transforms included, so the transforms
+    must be deterministic (random augmentation would draw in a different order). Each sample
+    is the plain dataset's, a tile that fails to load raises when it is asked for, and memory
+    holds at most ``ahead`` samples more than the plain dataset.
+    """
+
+    def __init__(self, dataset: Dataset, threads: int, ahead: int | None = None) -> None:
+        """Args:
+        dataset: a map-style dataset (a :class:`LoveDASegmentation` or a ``Subset`` of one).
+        threads: threads that load at once (the calling one included); 1 loads in order.
+        ahead: tiles per burst (default ``4 * threads``).
+        """
+        ahead = 4 * threads if ahead is None and isinstance(threads, int) else ahead
+        for name, value in (("threads", threads), ("ahead", ahead)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        self.dataset = dataset
+        self.threads = threads
+        self.ahead = ahead
+        self._ready: dict[int, tuple[Any, BaseException | None]] = {}
+        self._pool: ThreadPoolExecutor | None = None
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> Any:
+        n = len(self)
+        index = operator.index(index)
+        if index < 0:
+            index += n
+        if not 0 <= index < n:
+            raise IndexError(f"index {index} out of range for {n} samples")
+        if index not in self._ready:
+            if self.threads == 1 or self.ahead == 1:
+                return self.dataset[index]
+            self._ready = self._load(range(index, min(index + self.ahead, n)))
+        sample, error = self._ready.pop(index)
+        if error is not None:
+            raise error  # the tile's own error, when its turn comes
+        return sample
+
+    def _load(self, indices: range) -> dict[int, tuple[Any, BaseException | None]]:
+        loaded: dict[int, tuple[Any, BaseException | None]] = {}
+        todo = iter(indices)
+        lock = threading.Lock()
+
+        def work() -> None:
+            while True:
+                with lock:
+                    i = next(todo, None)
+                if i is None:
+                    return
+                try:
+                    loaded[i] = (self.dataset[i], None)
+                except Exception as exc:  # noqa: BLE001 - re-raised for that tile
+                    loaded[i] = (None, exc)
+
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.threads - 1, thread_name_prefix="read-ahead")
+        helpers = [self._pool.submit(work) for _ in range(min(self.threads, len(indices)) - 1)]
+        work()  # the calling thread loads too: one wake-up fewer per burst
+        wait(helpers)
+        return loaded
+
+    def __getstate__(self) -> dict[str, Any]:  # for loader workers: no pool, no buffer
+        return {**self.__dict__, "_ready": {}, "_pool": None}
+
+
 class LoveDADataModule(L.LightningDataModule):
     """LoveDA for training and evaluation.
 
@@ -73,6 +177,7 @@ class LoveDADataModule(L.LightningDataModule):
         eval_transform: Callable[[Sample], Sample] | None = None,
         limit_eval_images: int | None = None,
         validate: str | None = "quick",
+        read_ahead: int | None = None,
     ) -> None:
         """Args:
         root: LoveDA root; ``None`` -> ``$LOVEDA_ROOT`` -> the embedded mini-LoveDA.
@@ -88,6 +193,9 @@ class LoveDADataModule(L.LightningDataModule):
         train_transform, eval_transform: replace the default pipelines.
         limit_eval_images: evaluate only the first N tiles (in file order) of the eval split.
         validate: ``"quick"``, ``"full"`` or ``None`` (skip the up-front check).
+        read_ahead: with ``num_workers=0``, evaluation tiles loaded together by
+            ``torch.get_num_threads()`` threads (:class:`ReadAhead`); default 4 per thread,
+            1 turns it off.
         """
         super().__init__()
         self.save_hyperparameters(ignore=["train_transform", "eval_transform"])
@@ -100,6 +208,9 @@ class LoveDADataModule(L.LightningDataModule):
         self.eval_batch_size = eval_batch_size
         self.crop_size = crop_size
         self.num_workers = default_num_workers() if num_workers is None else num_workers
+        self.read_ahead = 4 * torch.get_num_threads() if read_ahead is None else read_ahead
+        if not isinstance(self.read_ahead, int) or self.read_ahead < 1:
+            raise ValueError(f"read_ahead must be a positive int or None, got {read_ahead!r}")
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
         self.seed = seed
         self.train_transform = train_transform or train_transforms(crop_size)
@@ -157,6 +268,7 @@ class LoveDADataModule(L.LightningDataModule):
             worker_init_fn=seed_worker if workers > 0 else None,
             generator=torch.Generator().manual_seed(self.seed),
             prefetch_factor=2 if workers > 0 else None,
+            collate_fn=collate,
         )
 
     def train_dataloader(self) -> DataLoader:
@@ -167,7 +279,11 @@ class LoveDADataModule(L.LightningDataModule):
     def val_dataloader(self) -> DataLoader:
         if self.eval_dataset is None:
             self.setup("validate")
-        return self._loader(self.eval_dataset, self.eval_batch_size, shuffle=False)
+        dataset = self.eval_dataset
+        if self.num_workers == 0 and self.read_ahead > 1:
+            threads = max(1, min(torch.get_num_threads(), self.read_ahead))
+            dataset = ReadAhead(dataset, threads, ahead=self.read_ahead)
+        return self._loader(dataset, self.eval_batch_size, shuffle=False)
 
     def test_dataloader(self) -> DataLoader:
         return self.val_dataloader()

@@ -9,12 +9,12 @@ from typing import Any
 import numpy as np
 import torch
 from matplotlib.figure import Figure
-from PIL import Image
 from torchgeo.datasets import LoveDA
 
 from .classes import normalize_scenes, normalize_split, raw_to_train
-from .errors import DatasetNotFoundError, InvalidDataError
-from .validation import IMAGES_DIR, unreadable_message
+from .errors import DatasetNotFoundError
+from .pngio import read_png
+from .validation import IMAGES_DIR
 from .visuals import plot_sample
 
 Sample = dict[str, Any]
@@ -112,15 +112,17 @@ class LoveDASegmentation(LoveDA):
         return sample
 
     def _load_image(self, path: str | Path) -> torch.Tensor:
-        """An RGB PNG as uint8 ``[3, H, W]`` (torchgeo's loader returns float; we keep bytes)."""
-        array = _read_png(path, "RGB")
-        if array.ndim != 3 or array.shape[2] != 3:
-            raise InvalidDataError(f"{path}: image is not 3-channel RGB")
-        return torch.from_numpy(array).permute(2, 0, 1).contiguous()
+        """An RGB PNG as uint8 ``[3, H, W]`` (torchgeo's loader returns float; we keep bytes).
+
+        The tensor is a view of the decoded ``[H, W, 3]`` array, i.e. stored channels-last:
+        no transposing copy here, and :func:`~loveda_utils.datamodule.collate` keeps the layout for the model, which
+        runs channels-last on the CPU anyway (``.contiguous()`` gives the NCHW layout).
+        """
+        return torch.from_numpy(read_png(path, "image")).permute(2, 0, 1)
 
     def _load_target(self, path: str | Path) -> torch.Tensor:
         """A raw mask as training labels uint8 ``[H, W]`` (0..6, 255 for no-data)."""
-        return torch.from_numpy(raw_to_train(_read_png(path, None)))
+        return torch.from_numpy(raw_to_train(read_png(path, "mask")))
 
     def names(self) -> list[str]:
         """Image file names in dataset order."""
@@ -138,22 +140,6 @@ class LoveDASegmentation(LoveDA):
     ) -> Figure:
         """Image, mask in the LoveDA palette, the mask overlaid and (optionally) a prediction."""
         return plot_sample(sample, suptitle=suptitle, prediction=prediction, alpha=alpha)
-
-
-def _read_png(path: str | Path, mode: str | None) -> np.ndarray:
-    """Decode a PNG; a bad file fails with the same message ``check-data`` prints, naming it."""
-    try:
-        with Image.open(path) as img:
-            if mode == "RGB" and img.mode != "RGB":
-                raise InvalidDataError(f"{path}: image is not 3-channel RGB (mode {img.mode})")
-            # np.array copies: torch needs a writable buffer.
-            return np.array(img.convert(mode) if mode and img.mode != mode else img)
-    except InvalidDataError:
-        raise
-    except FileNotFoundError as exc:
-        raise InvalidDataError(f"{path}: file missing (image without mask?)") from exc
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise InvalidDataError(f"{path}: {unreadable_message(exc)}") from exc
 
 
 __all__ = ["LoveDASegmentation"]

@@ -502,6 +502,7 @@ def evaluate(
     if convert:
         model.to(memory_format=torch.channels_last)  # type: ignore[union-attr]
 
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
     was_training = model.training if isinstance(model, nn.Module) else None
     if isinstance(model, nn.Module):
         model.eval()
@@ -514,9 +515,8 @@ def evaluate(
         A function of its own so that nothing of the batch (logits, labels) outlives it.
         """
         images = batch["image"][:take]
-        images = images.to(device, non_blocking=True)
-        if channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
+        # The layout the model runs in, whatever the loader delivered (a no-op when it matches).
+        images = images.to(device, non_blocking=True).contiguous(memory_format=memory_format)
         with autocast(device, autocast_dtype):
             if ms_flip:
                 out = predict_ms_flip(

@@ -32,6 +32,7 @@ from .classes import (
     normalize_split,
 )
 from .errors import DatasetNotFoundError, InvalidDataError
+from .pngio import unreadable_message
 
 IMAGES_DIR = "images_png"
 MASKS_DIR = "masks_png"
@@ -134,11 +135,6 @@ class DataReport:
 
 
 # -- per-file checks (module level so that worker processes can run them) ----------------------
-
-
-def unreadable_message(exc: BaseException) -> str:
-    """The message for a PNG that cannot be decoded; shared with the dataset's loaders."""
-    return f"unreadable or truncated PNG ({type(exc).__name__}: {exc})"
 
 
 def _inspect_png(path: str, kind: str, full: bool) -> tuple[list[str], tuple[int, int] | None, np.ndarray | None]:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import pickle
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -96,3 +99,97 @@ def test_default_root_is_generated_mini_loveda(tmp_path: Path, monkeypatch: pyte
     monkeypatch.setattr(synthetic, "DEFAULT_SEED", 5)
     paths.ensure_mini_loveda()
     assert synthetic.read_marker(target)["seed"] == 5
+
+
+# -- loading: channels-last collate and read-ahead -------------------------------------------
+
+
+def _eval_dataset(root: Path):
+    from loveda_utils.datasets import LoveDASegmentation
+    from loveda_utils.transforms import eval_transforms
+
+    return LoveDASegmentation(root, "train", "both", eval_transforms())
+
+
+def test_collate_keeps_decoded_images_channels_last(tiny_tree: Path) -> None:
+    from torch.utils.data import default_collate
+
+    from loveda_utils.datamodule import collate
+
+    samples = [_eval_dataset(tiny_tree)[i] for i in range(3)]
+    assert samples[0]["image"].shape == (3, 64, 64)  # stored as decoded, [H, W, 3]
+    batch, reference = collate(samples), default_collate(samples)
+    assert batch["image"].is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(batch["image"], reference["image"])
+    assert torch.equal(batch["mask"], reference["mask"])
+    assert batch["name"] == reference["name"] and batch["scene"] == reference["scene"]
+    # Images in another layout (e.g. after a transform made them NCHW) are stacked as usual.
+    nchw = [{**s, "image": s["image"].contiguous()} for s in samples]
+    assert collate(nchw)["image"].is_contiguous()
+
+
+class _Recorder(torch.utils.data.Dataset):
+    """A dataset that records which thread loaded which index; index 5 is a broken tile."""
+
+    def __init__(self, n: int) -> None:
+        self.n, self.loaded, self.threads = n, [], set()
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> dict:
+        self.loaded.append(i)
+        self.threads.add(threading.get_ident())
+        time.sleep(0.05)  # a slow decode: the helper thread wakes up long before the burst ends
+        if i == 5:
+            raise InvalidDataError(f"tile {i}: unreadable or truncated PNG")
+        return {"i": i}
+
+
+def test_read_ahead_loads_bursts_on_threads_and_keeps_errors_per_tile() -> None:
+    from loveda_utils.datamodule import ReadAhead
+
+    data = _Recorder(10)
+    ahead = ReadAhead(data, threads=2, ahead=4)
+    assert [ahead[i]["i"] for i in range(5)] == [0, 1, 2, 3, 4]
+    assert sorted(data.loaded) == [0, 1, 2, 3, 4, 5, 6, 7]  # two bursts of 4
+    assert len(data.threads) == 2  # the caller and one helper
+    with pytest.raises(InvalidDataError, match="tile 5"):  # raised for tile 5, and only there
+        ahead[5]
+    assert ahead[6]["i"] == 6 and ahead[-1]["i"] == 9  # later tiles still served; negative index
+    assert ahead[2]["i"] == 2  # out of order: loaded again (a new burst)
+    with pytest.raises(IndexError):
+        ahead[10]
+    clone = pickle.loads(pickle.dumps(ReadAhead(_Recorder(3), 2)))
+    assert clone._pool is None and clone.ahead == 8  # 4 per thread by default
+
+
+@pytest.mark.parametrize(("threads", "ahead"), [(0, None), (2, 0), (1.5, None), (2, True)])
+def test_read_ahead_refuses_bad_settings(threads, ahead) -> None:
+    from loveda_utils.datamodule import ReadAhead
+
+    with pytest.raises(ValueError, match="must be a positive int"):
+        ReadAhead(_Recorder(3), threads, ahead)
+
+
+def test_eval_loader_reads_ahead_with_identical_batches(tiny_tree: Path) -> None:
+    from loveda_utils.datamodule import ReadAhead
+
+    def batches(read_ahead: int | None) -> tuple[list[dict], object]:
+        dm = LoveDADataModule(tiny_tree, eval_split="val", num_workers=0, read_ahead=read_ahead)
+        loader = dm.val_dataloader()
+        return list(loader), loader.dataset
+
+    plain, plain_data = batches(1)
+    ahead, ahead_data = batches(3)
+    assert not isinstance(plain_data, ReadAhead)
+    assert isinstance(ahead_data, ReadAhead) and ahead_data.ahead == 3
+    assert len(plain) == len(ahead) == 4
+    for a, b in zip(plain, ahead, strict=True):
+        assert a["name"] == b["name"] and torch.equal(a["image"], b["image"])
+        assert torch.equal(a["mask"], b["mask"])
+    with pytest.raises(ValueError, match="read_ahead must be a positive int"):
+        LoveDADataModule(tiny_tree, read_ahead=0)
+    # Loader workers decode in parallel already: no read-ahead on top of them.
+    dm = LoveDADataModule(tiny_tree, eval_split="val", num_workers=1)
+    assert not isinstance(dm.val_dataloader().dataset, ReadAhead)
