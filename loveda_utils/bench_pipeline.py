@@ -5,7 +5,8 @@ Measured side by side in one run, on the same model, tiles and resolution:
 1. **ceiling**: the model's forward pass alone, on uint8 batches already on the device (same
    batch size, memory format, autocast and threads as the evaluation below).
 2. **ours**: PNG files on disk to the finished confusion matrix: :class:`LoveDADataModule`'s
-   ``val_dataloader`` (PNG decode, in its workers if it has any; images stay uint8) and
+   ``val_dataloader`` (PNG decode: in bursts on every core between forward passes without
+   workers (:class:`~loveda_utils.datamodule.ReadAhead`), else in its workers; uint8) and
    :func:`~loveda_utils.inference.evaluate` (transfer, normalisation on the device, forward,
    argmax, one ``bincount`` per batch).
 3. **torchgeo**: torchgeo's own path on the same tiles and the same smp UNet weights: its
@@ -17,7 +18,8 @@ Measured side by side in one run, on the same model, tiles and resolution:
    model and input with ``torch.utils.benchmark``.
 6. **memory**: peak memory of whole evaluations of 8, 32 and 128 tiles, each in a fresh process.
 7. **ablation**: what each optimisation of the evaluation path is worth, one switched off at a
-   time, plus the per-tile cost of the label and confusion-matrix kernels, old and new.
+   time, plus the per-tile cost of the decoders and of the label and confusion-matrix kernels,
+   old and new.
 
 The paths compared are interleaved (the order alternates every round) and repeated
 (``--rounds``). A ratio is the median over rounds of the two paths' times within a round
@@ -531,10 +533,10 @@ def _ours_seconds(model: nn.Module, tiles: Tiles, settings: Settings, results: l
 
 
 def _tile_count(args: argparse.Namespace, seconds_per_tile: float) -> int:
-    """``--tiles``, else enough tiles for a pass of about ``--pass-seconds`` (2..32)."""
+    """``--tiles``, else enough tiles for a pass of about ``--pass-seconds`` (1..32)."""
     if args.tiles:
         return args.tiles
-    return max(2, min(32, round(args.pass_seconds / max(seconds_per_tile, 1e-3))))
+    return max(1, min(32, round(args.pass_seconds / max(seconds_per_tile, 1e-3))))
 
 
 def _target_for(model: str) -> str:
@@ -1459,12 +1461,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--tiles",
         type=int,
         default=None,
-        help="tiles per timed pass (default: enough for ~--pass-seconds, 2..32)",
+        help="tiles per timed pass (default: enough for ~--pass-seconds, 1..32)",
     )
     parser.add_argument(
         "--pass-seconds",
         type=float,
-        default=4.0,
+        default=2.0,
         help="target length of one timed pass when --tiles is not given",
     )
     parser.add_argument(
@@ -1499,8 +1501,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--rounds",
         type=int,
-        default=5,
-        help="interleaved repetitions of each timed path (default 5)",
+        default=11,
+        help="interleaved repetitions of each timed path (default 11)",
     )
     parser.add_argument(
         "--threads",

@@ -66,6 +66,8 @@ def test_every_section_and_ratio_is_printed_ratios_last(output: str) -> None:
         "evaluate 2 tiles (fresh process)",
         "evaluate 3 tiles (fresh process)",
         "channels_last off (NCHW model)",
+        "no read-ahead (one tile at a time)",
+        "decode image + mask: read_png (imagecodecs)",
         "confusion: one bincount (evaluate)",
     ):
         assert path in paths, path
