@@ -15,7 +15,7 @@ import lightning as L
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset, Subset, default_collate
+from torch.utils.data import DataLoader, Dataset, Subset, default_collate, get_worker_info
 
 from .classes import normalize_scenes, normalize_split
 from .datasets import LoveDASegmentation
@@ -56,8 +56,16 @@ def collate(samples: Sequence[Sample]) -> dict[str, Any]:
     as they are stored is a plain copy and gives a channels-last ``[B, 3, H, W]`` batch, the
     layout the model runs in on the CPU; ``default_collate`` would transpose every tile to
     NCHW (1.5 ms per 1024 px tile here) and the evaluation would transpose it back (3 ms).
-    Images in any other layout (e.g. after a resizing transform) are stacked as usual.
+    Images in any other layout (e.g. after a resizing transform) are stacked as usual. A batch
+    of one sample in the main process (MMSeg evaluates one tile at a time) is a view of the
+    sample: no copy at all.
     """
+    if len(samples) == 1 and get_worker_info() is None:
+        # Workers need default_collate's shared-memory copy; the main process needs none.
+        return {
+            k: v.unsqueeze(0) if isinstance(v, torch.Tensor) else default_collate([v])
+            for k, v in samples[0].items()
+        }
     images = [s["image"] for s in samples] if samples and "image" in samples[0] else []
     hwc = [im.permute(1, 2, 0) for im in images if isinstance(im, torch.Tensor) and im.ndim == 3]
     if not hwc or len(hwc) != len(images) or not all(x.is_contiguous() for x in hwc):
@@ -78,9 +86,10 @@ class ReadAhead(Dataset):
     turn (PNG decoders release the GIL), and it returns only when all are done, so nothing
     decodes during the following forward passes, which it serves from that buffer.
 
-    Why bursts of several tiles per thread: waking a sleeping thread costs up to milliseconds
-    on a virtual machine whose idle CPUs halt, as much as decoding a 512 px tile; a burst pays
-    it once for ``ahead`` tiles (``benchmarks/RESULTS.md``).
+    Why bursts of several tiles per thread: on the benchmark VM two threads decoding side by
+    side ran only ~1.5x as fast as one, and bursts of 2 tiles saved nothing at 512 px while
+    bursts of 8 did (``benchmarks/RESULTS.md``); a thread's wake-up (0.1-0.2 ms measured) is
+    paid once per burst.
 
     For evaluation: samples are produced in the threads, transforms included, so the transforms
     must be deterministic (random augmentation would draw in a different order). Each sample

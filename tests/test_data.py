@@ -30,6 +30,11 @@ def test_label_mapping_covers_every_byte() -> None:
     assert torch.equal(torch_train, torch.from_numpy(train))
     assert list(classes.train_to_raw(train[:8])) == [0, 1, 2, 3, 4, 5, 6, 7]
     assert torch.equal(classes.train_to_raw(torch_train[:8]), torch.arange(8, dtype=torch.uint8))
+    # A mask holding only valid raw values takes the subtraction path: the same labels.
+    valid = np.random.default_rng(0).integers(0, 8, (33, 47), dtype=np.uint8)
+    np.testing.assert_array_equal(classes.raw_to_train(valid), np.take(train, valid))
+    assert classes.raw_to_train(valid).dtype == np.uint8
+    assert classes.raw_to_train(np.zeros((0, 4), np.uint8)).shape == (0, 4)
 
 
 def test_one_place_for_names_and_palette() -> None:

@@ -126,6 +126,15 @@ def test_collate_keeps_decoded_images_channels_last(tiny_tree: Path) -> None:
     # Images in another layout (e.g. after a transform made them NCHW) are stacked as usual.
     nchw = [{**s, "image": s["image"].contiguous()} for s in samples]
     assert collate(nchw)["image"].is_contiguous()
+    # One sample in the main process: the batch is a view of it, equal to default_collate's.
+    one, reference = collate(samples[:1]), default_collate(samples[:1])
+    assert one["image"].data_ptr() == samples[0]["image"].data_ptr()
+    assert one.keys() == reference.keys()
+    for key, value in reference.items():
+        if isinstance(value, torch.Tensor):
+            assert torch.equal(one[key], value) and one[key].dtype == value.dtype
+        else:
+            assert one[key] == value
 
 
 class _Recorder(torch.utils.data.Dataset):
