@@ -1,10 +1,10 @@
 """Reading LoveDA's PNG tiles: libpng + zlib-ng through imagecodecs, Pillow for anything else.
 
 Decoding is the one cost of evaluation that the model does not pay: on a CPU whose cores the
-forward pass already keeps busy it adds straight to every tile. Pillow needs ~43 ms for a real
-1024 px LoveDA tile (29 ms decoding, 14 ms more to hand the pixels to numpy); imagecodecs'
-``png_decode`` returns the array directly in ~16.5 ms (``benchmarks/RESULTS.md``). It takes the
-two formats LoveDA uses (8-bit RGB images, 8-bit greyscale masks, read from the IHDR chunk
+forward pass already keeps busy it adds straight to every tile. For a real 1024 px LoveDA image
+Pillow needs 29 ms and imagecodecs' ``png_decode`` 15 ms, with the same pixels
+(``benchmarks/decoders.py``, table in ``benchmarks/RESULTS.md``). It takes the two formats LoveDA
+uses (8-bit RGB images, 8-bit greyscale masks, read from the IHDR chunk
 first); every other PNG (palette, 16-bit, alpha, transparency) goes through Pillow exactly as
 before, so both readers give the same arrays for any file.
 """

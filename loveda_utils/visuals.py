@@ -14,6 +14,7 @@ import torch
 from matplotlib.figure import Figure
 
 from .classes import IGNORE_INDEX, colorize
+from .pngio import read_png
 
 Sample = dict[str, Any]
 
@@ -306,13 +307,6 @@ def _visual_tiles(run_dir) -> set[tuple[str, str, str]]:
     return {(p.parent.parent.name, p.parent.name, p.name) for p in folder.glob("*/*/*.png")}
 
 
-def _read_png(path) -> np.ndarray:
-    from PIL import Image
-
-    with Image.open(path) as img:
-        return np.array(img)
-
-
 def plot_prediction_comparison(data_root, records, tiles=None, max_tiles: int = 4) -> Figure:
     """The same tiles for every model: image | ground truth | each model's prediction | each
     model's error map (green correct, red wrong, black ignored).
@@ -376,10 +370,10 @@ def plot_prediction_comparison(data_root, records, tiles=None, max_tiles: int = 
     for row, (split, scene, name) in zip(axs, keys):
         image_path = root / split / scene / "images_png" / name
         mask_path = root / split / scene / "masks_png" / name
-        target = raw_to_train(_read_png(mask_path)) if mask_path.is_file() else None
+        target = raw_to_train(read_png(mask_path, "mask")) if mask_path.is_file() else None
         missing = "" if image_path.is_file() else " (image missing)"
         if not missing:
-            row[0].imshow(_read_png(image_path))
+            row[0].imshow(read_png(image_path))
         row[0].set_title(f"{split}/{scene}/{name}{missing}", fontsize=8)
         row[1].set_title("ground truth", fontsize=8)
         if target is not None:
@@ -392,7 +386,7 @@ def plot_prediction_comparison(data_root, records, tiles=None, max_tiles: int = 
             if not path.is_file():
                 pred_ax.text(0.5, 0.5, "missing", ha="center", va="center")
                 continue
-            prediction = _read_png(path)
+            prediction = read_png(path, "mask")
             if prediction.ndim != 2:  # visuals hold raw labels, not colour pictures
                 pred_ax.text(0.5, 0.5, "not a label PNG", ha="center", va="center")
                 continue

@@ -107,3 +107,26 @@ def test_bad_flags_are_refused_with_the_flag_named(capsys: pytest.CaptureFixture
     assert main(["--size", "100", "--measure", "fps"]) == 2
     assert "--size" in capsys.readouterr().err
     assert set(MEASUREMENTS) >= {"ceiling", "ours", "torchgeo", "train", "fps", "memory"}
+
+
+def test_decoder_comparison_script(tmp_path: Path) -> None:
+    """benchmarks/decoders.py times the decoders on real PNG files and checks their pixels."""
+    import subprocess
+    import sys
+
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        Image.fromarray(rng.integers(0, 256, (40, 56, 3), dtype=np.uint8)).save(tmp_path / f"{i}.png")
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "decoders.py"
+    out = subprocess.run(
+        [sys.executable, str(script), str(tmp_path), "--passes", "1"],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    assert "# 2 files, 56x40 RGB" in out
+    for name in ("imagecodecs png_decode", "loveda_utils.pngio.read_png", "torchvision io.decode_png"):
+        line = next(ln for ln in out.splitlines() if ln.startswith(name))
+        assert line.endswith("same pixels as Pillow"), line
+    assert "DIFFERENT" not in out
