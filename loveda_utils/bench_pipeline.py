@@ -1020,13 +1020,14 @@ def measure_train(
     for path, seconds in times.items():
         report.add(Row("train", name, crop, path, seconds, timed, "step", note))
     ours_t, plain_t = times.values()
+    value, detail = paired_ratio(plain_t, ours_t)
     report.ratios.append(
         Ratio(
             "lightning/plain steps",
             f"{name} crop {crop} batch {args.train_batch}",
-            paired_ratio(plain_t, ours_t)[0],
+            value,
             "lightning/plain",
-            f"{paired_ratio(plain_t, ours_t)[1]}; {timed} timed steps per run",
+            f"{detail}; {timed} timed steps per run",
         )
     )
 
@@ -1108,14 +1109,15 @@ def measure_fps_check(report: Report, args: argparse.Namespace, settings: Settin
     for path, seconds in times.items():
         report.add(Row("fps", name, size, path, seconds, 1, "image", note))
     ours_t, ref_t = times.values()
+    value, detail = paired_ratio(ref_t, ours_t)
     report.ratios.append(
         Ratio(
             "fps ours/independent",
             f"{name} {size}px",
-            paired_ratio(ref_t, ours_t)[0],
+            value,
             "fps/independent",
             f"{1 / statistics.median(ours_t):.3f} vs {1 / statistics.median(ref_t):.3f} fps "
-            f"(medians); {paired_ratio(ref_t, ours_t)[1]}",
+            f"(medians); {detail}",
         )
     )
     gc.collect()

@@ -218,7 +218,11 @@ class LoveDADataModule(L.LightningDataModule):
         self.crop_size = crop_size
         self.num_workers = default_num_workers() if num_workers is None else num_workers
         self.read_ahead = 4 * torch.get_num_threads() if read_ahead is None else read_ahead
-        if not isinstance(self.read_ahead, int) or self.read_ahead < 1:
+        if (
+            not isinstance(self.read_ahead, int)
+            or isinstance(self.read_ahead, bool)
+            or self.read_ahead < 1
+        ):
             raise ValueError(f"read_ahead must be a positive int or None, got {read_ahead!r}")
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
         self.seed = seed

@@ -197,8 +197,9 @@ def test_eval_loader_reads_ahead_with_identical_batches(tiny_tree: Path) -> None
     for a, b in zip(plain, ahead, strict=True):
         assert a["name"] == b["name"] and torch.equal(a["image"], b["image"])
         assert torch.equal(a["mask"], b["mask"])
-    with pytest.raises(ValueError, match="read_ahead must be a positive int"):
-        LoveDADataModule(tiny_tree, read_ahead=0)
+    for bad in (0, True, 2.0):
+        with pytest.raises(ValueError, match="read_ahead must be a positive int"):
+            LoveDADataModule(tiny_tree, read_ahead=bad)
     # Loader workers decode in parallel already: no read-ahead on top of them.
     dm = LoveDADataModule(tiny_tree, eval_split="val", num_workers=1)
     assert not isinstance(dm.val_dataloader().dataset, ReadAhead)
