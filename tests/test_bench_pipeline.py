@@ -85,6 +85,8 @@ def test_every_section_and_ratio_is_printed_ratios_last(output: str) -> None:
     assert lines[-len(ratios) :] == ratios
     for line in ratios:
         assert re.search(r"\d+\.\d{3}\s+target .+ (MET|NOT MET)", line), line
+    # The ceiling ratio also says what our path adds per tile, in milliseconds.
+    assert re.search(r"ours adds -?\d+\.\d ms/tile .+ to a \d+\.\d ms forward", ratios[0]), ratios[0]
     # Where the numbers come from is printed with them.
     assert "# machine:" in output and "# versions:" in output and "load average" in output
 
