@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 
 from loveda_utils.paths import PROJECT_ROOT
-from loveda_utils.pngio import read_png
+from loveda_utils.pngio import read_png, read_png_pillow
 
 DEFAULT = PROJECT_ROOT.parent / "shared" / "loveda_sample" / "Train" / "Rural" / "images_png"
 
@@ -32,9 +32,7 @@ def decoders() -> dict[str, Callable[[bytes, Path], np.ndarray] | str]:
     from torchvision.io import decode_png
 
     found: dict[str, Callable[[bytes, Path], np.ndarray] | str] = {
-        "Pillow, np.array(Image.open(p)) (the loader before pngio)": lambda d, p: np.array(
-            Image.open(p)
-        ),
+        "Pillow, np.array(Image.open(p)) (the loader before pngio)": lambda d, p: read_png_pillow(p),
         "Pillow, decoding alone (Image.open(p).load())": lambda d, p: Image.open(p).load() and None,
         "torchvision io.decode_png": lambda d, p: decode_png(
             torch.frombuffer(bytearray(d), dtype=torch.uint8)

@@ -56,7 +56,6 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -1318,7 +1317,7 @@ def measure_ablation(
     """Section 7: ours with one optimisation off at a time; the kernels old against new."""
     from .inference import _ConfusionBins, _labels
     from .metrics import PerSceneConfusion
-    from .pngio import read_png
+    from .pngio import read_png, read_png_pillow
 
     name, size = args.model[0], min(args.size)
     model = _model(name, settings)
@@ -1362,8 +1361,8 @@ def measure_ablation(
     files = dataset.files[0]
     for path, fn in {
         "decode image + mask: Pillow, np.array": lambda: [
-            _pillow_array(files["image"]),
-            _pillow_array(files["mask"]),
+            read_png_pillow(files["image"], "image"),
+            read_png_pillow(files["mask"], "mask"),
         ],
         "decode image + mask: read_png (imagecodecs)": lambda: [
             read_png(files["image"], "image"),
@@ -1371,7 +1370,8 @@ def measure_ablation(
         ],
     }.items():
         ms = _kernel_ms(fn)
-        report.add(Row("kernel", name, size, path, [ms / 1000], 1, "tile", "best of repeats, one core"))
+        note = "best of repeats, one core"
+        report.add(Row("kernel", name, size, path, [ms / 1000], 1, "tile", note))
     batch = probe[0]
     mask = dataset[0]["mask"]
     mask = mask.unsqueeze(0).expand(batch.shape[0], -1, -1).to(settings.device)
@@ -1416,14 +1416,6 @@ def measure_ablation(
             "copy); on CUDA the DataModule pins batches and evaluate() copies non-blocking"
         )
     gc.collect()
-
-
-def _pillow_array(path: str) -> np.ndarray:
-    """How the dataset decoded before ``pngio``: Pillow, then a copy into numpy."""
-    from PIL import Image
-
-    with Image.open(path) as img:
-        return np.array(img)
 
 
 def _run_nchw(model: nn.Module, tiles: Tiles, settings: Settings) -> float:

@@ -115,8 +115,9 @@ class LoveDASegmentation(LoveDA):
         """An RGB PNG as uint8 ``[3, H, W]`` (torchgeo's loader returns float; we keep bytes).
 
         The tensor is a view of the decoded ``[H, W, 3]`` array, i.e. stored channels-last:
-        no transposing copy here, and :func:`~loveda_utils.datamodule.collate` keeps the layout for the model, which
-        runs channels-last on the CPU anyway (``.contiguous()`` gives the NCHW layout).
+        no transposing copy here, and :func:`~loveda_utils.datamodule.collate` keeps the layout
+        for the model, which runs channels-last on the CPU anyway (``.contiguous()`` gives the
+        NCHW layout).
         """
         return torch.from_numpy(read_png(path, "image")).permute(2, 0, 1)
 

@@ -3,10 +3,10 @@
 Decoding is the one cost of evaluation that the model does not pay: on a CPU whose cores the
 forward pass already keeps busy it adds straight to every tile. For a real 1024 px LoveDA image
 Pillow needs 29 ms and imagecodecs' ``png_decode`` 15 ms, with the same pixels
-(``benchmarks/decoders.py``, table in ``benchmarks/RESULTS.md``). It takes the two formats LoveDA
-uses (8-bit RGB images, 8-bit greyscale masks, read from the IHDR chunk
-first); every other PNG (palette, 16-bit, alpha, transparency) goes through Pillow exactly as
-before, so both readers give the same arrays for any file.
+(``benchmarks/decoders.py``, table in ``benchmarks/RESULTS.md``). It takes the two formats
+LoveDA uses (8-bit RGB images, 8-bit greyscale masks, read from the IHDR chunk first); every
+other PNG (palette, 16-bit, alpha, transparency) goes through Pillow exactly as before
+(:func:`read_png_pillow`), so both readers give the same arrays for any file.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from PIL import Image
 
 from .errors import InvalidDataError
 
-__all__ = ["PNG_SIGNATURE", "png_header", "read_png", "unreadable_message"]
+__all__ = ["PNG_SIGNATURE", "png_header", "read_png", "read_png_pillow", "unreadable_message"]
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _GREY, _RGB = 0, 2  # PNG colour types
@@ -59,7 +59,8 @@ def _fast(data: bytes, kind: Kind) -> np.ndarray | None:
     return array
 
 
-def _pillow(path: Path, kind: Kind) -> np.ndarray:
+def read_png_pillow(path: str | Path, kind: Kind = "any") -> np.ndarray:
+    """The same array as :func:`read_png`, decoded by Pillow (the reader before this module)."""
     with Image.open(path) as img:
         if kind == "image" and img.mode != "RGB":
             raise InvalidDataError(f"{path}: image is not 3-channel RGB (mode {img.mode})")
@@ -87,7 +88,7 @@ def read_png(path: str | Path, kind: Kind = "any") -> np.ndarray:
         raise InvalidDataError(f"{path}: {unreadable_message(exc)}") from exc
     try:
         array = _fast(data, kind)
-        return array if array is not None else _pillow(path, kind)
+        return array if array is not None else read_png_pillow(path, kind)
     except InvalidDataError:
         raise
     except (imagecodecs.PngError, OSError, SyntaxError, ValueError) as exc:
