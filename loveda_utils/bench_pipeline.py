@@ -1315,7 +1315,7 @@ def measure_ablation(
     report: Report, store: TileStore, args: argparse.Namespace, settings: Settings
 ) -> None:
     """Section 7: ours with one optimisation off at a time; the kernels old against new."""
-    from .inference import _ConfusionBins, _labels
+    from .inference import labels_from_logits
     from .metrics import PerSceneConfusion
     from .pngio import read_png, read_png_pillow
 
@@ -1380,16 +1380,16 @@ def measure_ablation(
         logits = model(batch)
         nchw = logits.contiguous()
         labels = logits.argmax(1)
-        old_cm = PerSceneConfusion(device=settings.device)
-        new_cm = _ConfusionBins(NUM_CLASSES, settings.device)
+        confusion = PerSceneConfusion(device=settings.device, validate=False)  # as evaluate()
         kernels = {
             f"labels: argmax, {'channels-last' if settings.channels_last else 'NCHW'} logits": (
                 lambda: logits.argmax(1)
             ),
             "labels: argmax, NCHW logits": lambda: nchw.argmax(1),
-            "labels: _labels (amax+compare), NCHW": lambda: _labels(nchw),
-            "confusion: PerSceneConfusion.update": lambda: old_cm.update(labels, mask, scenes),
-            "confusion: one bincount (evaluate)": lambda: new_cm.update(labels, mask, scenes),
+            "labels: labels_from_logits (amax+compare), NCHW": lambda: labels_from_logits(nchw),
+            "confusion: one bincount (PerSceneConfusion.update)": lambda: confusion.update(
+                labels, mask, scenes
+            ),
             "forward under torch.inference_mode": lambda: model(batch),
         }
         for path, fn in kernels.items():

@@ -257,34 +257,26 @@ class BenchmarkRun:
         return (pd.DataFrame(rows).T.astype(float) * 100).round(2)
 
     def plot_visuals(self):
-        """Image, ground truth and this model's prediction on the comparison tiles."""
-        import matplotlib.pyplot as plt
-        import numpy as np
-        from PIL import Image
-
-        from .classes import IGNORE_INDEX, colorize, raw_to_train
-        from .visuals import legend_handles, to_display_rgb
+        """Image, ground truth, this model's prediction and its error map on the comparison
+        tiles (the figure the results notebook draws for every model side by side)."""
+        from .visuals import TilePredictions, plot_prediction_grid, read_prediction
 
         base = _base(self.datamodule.eval_dataset)
-        indices = visual_tile_indices(base, self.config.visual_tiles)
-        fig, axs = plt.subplots(len(indices), 3, figsize=(10, 3.3 * len(indices)), squeeze=False)
-        for row, index in zip(axs, indices):
+        rows = []
+        for index in visual_tile_indices(base, self.config.visual_tiles):
             sample = base[index]
-            saved = self.run_dir / "visuals" / sample["split"] / sample["scene"] / sample["name"]
-            prediction = raw_to_train(np.array(Image.open(saved)))
-            row[0].imshow(to_display_rgb(sample["image"]))
-            row[0].set_title(f"{sample['scene']}/{sample['name']}")
-            if "mask" in sample:
-                row[1].imshow(colorize(sample["mask"]))
-                prediction = np.where(sample["mask"].numpy() == IGNORE_INDEX, IGNORE_INDEX, prediction)
-            row[2].imshow(colorize(prediction))
-            for ax in row:
-                ax.axis("off")
-        axs[0][1].set_title("ground truth")
-        axs[0][2].set_title(f"{self.config.model} (no-data masked)")
-        fig.legend(handles=legend_handles(), loc="lower center", ncol=8, frameon=False)
-        fig.tight_layout(rect=(0, 0.04, 1, 1))
-        return fig
+            split, scene, name = sample["split"], sample["scene"], sample["name"]
+            mask = sample.get("mask")
+            rows.append(
+                TilePredictions(
+                    title=f"{split}/{scene}/{name}",
+                    image=sample["image"],
+                    target=None if mask is None else mask.numpy(),
+                    predictions=[read_prediction(self.run_dir / "visuals" / split / scene / name)],
+                )
+            )
+        title = "Predictions on the comparison tiles"
+        return plot_prediction_grid(rows, [self.config.model], title)
 
     # -- 4. measurements -----------------------------------------------------------------------
 

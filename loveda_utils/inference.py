@@ -33,20 +33,19 @@ from torch import nn
 
 from .classes import (
     CLASS_NAMES,
-    IGNORE_INDEX,
     NUM_CLASSES,
-    SCENES,
     normalize_scenes,
     normalize_split,
     train_to_raw,
 )
 from .measure import amp_dtype, autocast, synchronize
-from .metrics import SegmentationScores, scores_from_confusion
+from .metrics import PerSceneConfusion, SegmentationScores, scores_from_confusion
 
 __all__ = [
     "MS_FLIP_SCALES",
     "EvaluationResult",
     "evaluate",
+    "labels_from_logits",
     "predict",
     "predict_ms_flip",
     "predict_slide",
@@ -311,7 +310,7 @@ def _progress(iterable: Iterable[Any], enabled: bool, total: int | None) -> Iter
     return tqdm(iterable, total=total, desc="evaluate", unit="batch")
 
 
-def _labels(logits: torch.Tensor) -> torch.Tensor:
+def labels_from_logits(logits: torch.Tensor) -> torch.Tensor:
     """``logits.argmax(dim=1)`` (the first maximum on ties), without the CPU's slow case.
 
     On the CPU, ``argmax`` over the class dimension of NCHW logits is a strided reduction:
@@ -336,98 +335,6 @@ def _labels(logits: torch.Tensor) -> torch.Tensor:
     # Weight C for class 0 down to 1 for class C-1: the largest weighted hit is the first max.
     weights = torch.arange(num_classes, 0, -1, dtype=torch.uint8).view(1, -1, 1, 1)
     return num_classes - ((logits == top) * weights).amax(dim=1)
-
-
-class _ConfusionBins:
-    """Per-scene confusion counts, one ``torch.bincount`` per batch, kept on the device.
-
-    A pixel's bin is ``target * C + label`` over every value a uint8 target can hold, so the
-    ignored value (255) and invalid labels fall into bins of their own: no masking pass, no
-    range-check pass, no copy of the pixels (an earlier version spent 2 ms per 512 px tile on
-    those, more than the counting itself). Invalid targets are reported from their bins.
-    """
-
-    def __init__(self, num_classes: int, device: torch.device) -> None:
-        self.num_classes = num_classes
-        self.rows = max(256, num_classes)  # target values that get a row of bins
-        self.device = device
-        self.bins: dict[str | None, torch.Tensor] = {}  # scene key (None: no scene) -> counts
-
-    def _index(self, labels: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        if target.shape != labels.shape:
-            raise ValueError(
-                f"batch['mask'] has shape {tuple(target.shape)} but the predictions "
-                f"{tuple(labels.shape)}; masks must be [B, H, W] at the image size"
-            )
-        if target.dtype == torch.uint8:  # the contract: every value has a row, no check needed
-            return labels.to(torch.int32, copy=True).add_(target, alpha=self.num_classes)
-        if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
-            raise ValueError(f"batch['mask'] must hold integer labels, got dtype {target.dtype}")
-        low, high = (int(v) for v in torch.aminmax(target))
-        if low < 0 or high >= self.rows:
-            bad = target[(target < 0) | (target >= self.rows)]
-            raise ValueError(
-                f"batch['mask'] holds labels {torch.unique(bad).tolist()[:10]} outside "
-                f"0..{self.num_classes - 1} that are not ignore_index={IGNORE_INDEX}; map raw "
-                "LoveDA masks with classes.raw_to_train"
-            )
-        return labels.to(torch.int64, copy=True).add_(target.long(), alpha=self.num_classes)
-
-    def update(self, labels: torch.Tensor, target: torch.Tensor, scenes: list[str] | None) -> None:
-        """Count a batch: ``labels`` ``[B, H, W]`` in 0..C-1, ``target`` the same shape."""
-        index = self._index(labels, target.to(labels.device))
-        keys = [None] * labels.shape[0] if scenes is None else [str(s).lower() for s in scenes]
-        unique = list(dict.fromkeys(keys))
-        size = self.rows * self.num_classes
-        if len(unique) > 1:  # fold each sample's scene into its bin: still one bincount
-            offsets = torch.tensor([unique.index(k) * size for k in keys], dtype=index.dtype)
-            index = index.add_(offsets.to(index.device).view(-1, 1, 1))
-        counts = torch.bincount(index.view(-1), minlength=len(unique) * size).view(len(unique), -1)
-        self._check(counts)
-        for key, row in zip(unique, counts, strict=True):
-            if key in self.bins:
-                self.bins[key] += row
-            else:
-                self.bins[key] = row.clone()
-
-    def _valid(self, counts: torch.Tensor) -> torch.Tensor:
-        """The ``[..., C, C]`` matrix of the valid rows (targets 0..C-1 other than ignore)."""
-        c = self.num_classes
-        matrix = counts.view(*counts.shape[:-1], self.rows, c)[..., :c, :]
-        if IGNORE_INDEX < c:
-            matrix = matrix.clone()
-            matrix[..., IGNORE_INDEX, :] = 0
-        return matrix
-
-    def _check(self, counts: torch.Tensor) -> None:
-        c = self.num_classes
-        rows = counts.view(-1, self.rows, c).sum(dim=(0, 2))
-        rows[:c] = 0
-        if IGNORE_INDEX < self.rows:
-            rows[IGNORE_INDEX] = 0
-        if bool(rows.any()):  # one host sync per batch (CUDA's bincount syncs anyway)
-            values = torch.nonzero(rows).flatten().tolist()[:10]
-            raise ValueError(
-                f"batch['mask'] holds labels {values} outside 0..{c - 1} that are not "
-                f"ignore_index={IGNORE_INDEX}; map raw LoveDA masks with classes.raw_to_train"
-            )
-
-    def matrices(self) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """``(overall [C, C], {scene: [C, C]})`` as CPU int64, scenes in the archive's order."""
-        c = self.num_classes
-        overall = torch.zeros((c, c), dtype=torch.int64)
-        per_scene: dict[str, torch.Tensor] = {}
-        order = [s.lower() for s in SCENES]
-        keys = sorted(
-            (k for k in self.bins if k is not None),
-            key=lambda k: (order.index(k) if k in order else len(order), k),
-        )
-        for key, counts in self.bins.items():
-            matrix = self._valid(counts).cpu()
-            overall += matrix
-            if key is not None:
-                per_scene[key] = matrix
-        return overall, {k: per_scene[k] for k in keys}
 
 
 def evaluate(
@@ -506,7 +413,10 @@ def evaluate(
     was_training = model.training if isinstance(model, nn.Module) else None
     if isinstance(model, nn.Module):
         model.eval()
-    confusion = _ConfusionBins(num_classes, device)
+    # Labels come from an argmax (always in range): no range check, only the targets'.
+    confusion = PerSceneConfusion(
+        num_classes, class_names=class_names, device=device, validate=False
+    )
     n_images = n_scored = 0
 
     def run_batch(batch: Mapping[str, Any], take: int) -> int:
@@ -524,12 +434,17 @@ def evaluate(
                 )
             else:
                 out = predict(model, images, mode, window, stride, num_classes)
-        labels = _labels(out)
+        labels = labels_from_logits(out)
         del out
         scenes = _as_list(batch.get("scene"), take, "scene")
         mask = batch.get("mask")
         if mask is not None:
             target = mask[:take].to(device, non_blocking=True)
+            if target.shape != labels.shape:
+                raise ValueError(
+                    f"batch['mask'] has shape {tuple(target.shape)} but the predictions "
+                    f"{tuple(labels.shape)}; masks must be [B, H, W] at the image size"
+                )
             confusion.update(labels, target, scenes)
         if save_dir is not None:
             splits = _as_list(batch.get("split"), take, "split")

@@ -20,6 +20,7 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from .classes import IGNORE_INDEX, NUM_CLASSES
 from .errors import CheckpointError, ConfigError
+from .inference import labels_from_logits
 from .measure import PeakMemoryMonitor
 from .metrics import PerSceneConfusion, scores_from_confusion
 from .models import build_model
@@ -70,7 +71,8 @@ class SegmentationTask(L.LightningModule):
         self.model = build_model(model, num_classes=num_classes, pretrained=pretrained)
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.val_confusion = PerSceneConfusion(num_classes)
+        # Labels come from labels_from_logits (always in range): no range check per batch.
+        self.val_confusion = PerSceneConfusion(num_classes, validate=False)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.model(self._prepare(images))
@@ -102,7 +104,8 @@ class SegmentationTask(L.LightningModule):
         logits = self(batch["image"])
         loss = F.cross_entropy(logits, batch["mask"].long(), ignore_index=IGNORE_INDEX)
         self.log("val/loss", loss, batch_size=batch["image"].shape[0], sync_dist=True)
-        self.val_confusion.update(logits.argmax(1), batch["mask"], batch.get("scene"))
+        labels = labels_from_logits(logits)  # argmax of NCHW logits is slow on the CPU
+        self.val_confusion.update(labels, batch["mask"], batch.get("scene"))
 
     def on_validation_epoch_start(self) -> None:
         self.val_confusion.reset()

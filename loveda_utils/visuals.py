@@ -6,6 +6,7 @@ workbook agrees with MMSeg's visuals.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import matplotlib.pyplot as plt
@@ -363,41 +364,87 @@ def plot_prediction_comparison(data_root, records, tiles=None, max_tiles: int = 
             "no segmentation visuals shared by the runs" + (f"\n{note}" if note else "")
         )
 
-    n_cols = 2 + 2 * len(runs)
-    fig, axs = plt.subplots(
-        len(keys), n_cols, figsize=(2.6 * n_cols, 2.7 * len(keys) + 1), squeeze=False
-    )
-    for row, (split, scene, name) in zip(axs, keys):
+    rows = []
+    for split, scene, name in keys:
         image_path = root / split / scene / "images_png" / name
         mask_path = root / split / scene / "masks_png" / name
-        target = raw_to_train(read_png(mask_path, "mask")) if mask_path.is_file() else None
-        missing = "" if image_path.is_file() else " (image missing)"
-        if not missing:
-            row[0].imshow(read_png(image_path))
-        row[0].set_title(f"{split}/{scene}/{name}{missing}", fontsize=8)
-        row[1].set_title("ground truth", fontsize=8)
-        if target is not None:
-            row[1].imshow(colorize(target))
-        for i, (label, r) in enumerate(runs):
-            pred_ax, err_ax = row[2 + i], row[2 + len(runs) + i]
-            pred_ax.set_title(label, fontsize=8)
-            err_ax.set_title(f"errors: {label}", fontsize=8)
-            path = Path(r["_run_dir"]) / "visuals" / split / scene / name
-            if not path.is_file():
-                pred_ax.text(0.5, 0.5, "missing", ha="center", va="center")
-                continue
-            prediction = read_png(path, "mask")
-            if prediction.ndim != 2:  # visuals hold raw labels, not colour pictures
-                pred_ax.text(0.5, 0.5, "not a label PNG", ha="center", va="center")
-                continue
-            prediction = raw_to_train(prediction)
-            pred_ax.imshow(colorize(prediction))
-            if target is not None and target.shape == prediction.shape:
-                err_ax.imshow(error_map(prediction, target))
-        for ax in row:
-            ax.axis("off")
+        rows.append(
+            TilePredictions(
+                title=f"{split}/{scene}/{name}",
+                image=read_png(image_path) if image_path.is_file() else None,
+                target=raw_to_train(read_png(mask_path, "mask")) if mask_path.is_file() else None,
+                predictions=[
+                    read_prediction(Path(r["_run_dir"]) / "visuals" / split / scene / name)
+                    for _, r in runs
+                ],
+            )
+        )
+    return plot_prediction_grid(
+        rows, [label for label, _ in runs], "Predictions on the same tiles", note
+    )
+
+
+@dataclass
+class TilePredictions:
+    """One row of :func:`plot_prediction_grid`: a tile and each model's prediction of it.
+
+    ``image``: RGB, ``[H, W, 3]`` or ``[3, H, W]`` (None: the file is missing); ``target``:
+    training labels (None: no ground truth); ``predictions``: training labels per model, or
+    why a model has none.
+    """
+
+    title: str
+    image: np.ndarray | torch.Tensor | None
+    target: np.ndarray | None
+    predictions: list[np.ndarray | str]
+
+
+def read_prediction(path) -> np.ndarray | str:
+    """A saved prediction (raw LoveDA values, ``visuals/<Split>/<Scene>/<name>``) as training
+    labels, or why it cannot be shown."""
+    from pathlib import Path
+
+    from .classes import raw_to_train
+
+    if not Path(path).is_file():
+        return "missing"
+    prediction = read_png(path, "mask")
+    if prediction.ndim != 2:  # visuals hold raw labels, not colour pictures
+        return "not a label PNG"
+    return raw_to_train(prediction)
+
+
+def plot_prediction_grid(
+    rows: list[TilePredictions], models: list[str], suptitle: str, note: str = ""
+) -> Figure:
+    """Image | ground truth | each model's prediction | each model's error map (green correct,
+    red wrong, black ignored), one row per tile; the figure of the 03 and 04 notebooks."""
     from matplotlib.patches import Patch
 
+    n_cols = 2 + 2 * len(models)
+    fig, axs = plt.subplots(
+        len(rows), n_cols, figsize=(2.6 * n_cols, 2.7 * len(rows) + 1), squeeze=False
+    )
+    for axes, row in zip(axs, rows):
+        axes[0].set_title(row.title + ("" if row.image is not None else " (image missing)"),
+                          fontsize=8)
+        if row.image is not None:
+            axes[0].imshow(to_display_rgb(row.image))
+        axes[1].set_title("ground truth", fontsize=8)
+        if row.target is not None:
+            axes[1].imshow(colorize(row.target))
+        for i, (label, prediction) in enumerate(zip(models, row.predictions, strict=True)):
+            pred_ax, err_ax = axes[2 + i], axes[2 + len(models) + i]
+            pred_ax.set_title(label, fontsize=8)
+            err_ax.set_title(f"errors: {label}", fontsize=8)
+            if isinstance(prediction, str):
+                pred_ax.text(0.5, 0.5, prediction, ha="center", va="center")
+                continue
+            pred_ax.imshow(colorize(prediction))
+            if row.target is not None and row.target.shape == prediction.shape:
+                err_ax.imshow(error_map(prediction, row.target))
+        for ax in axes:
+            ax.axis("off")
     errors = [
         Patch(facecolor=np.array(c) / 255, edgecolor="grey", label=n)
         for n, c in zip(("correct", "wrong", "ignored"), ERROR_COLORS)
@@ -405,6 +452,6 @@ def plot_prediction_comparison(data_root, records, tiles=None, max_tiles: int = 
     fig.legend(
         handles=legend_handles() + errors, loc="lower center", ncol=6, frameon=False, fontsize=8
     )
-    fig.suptitle("Predictions on the same tiles" + (f"\n({note})" if note else ""))
+    fig.suptitle(suptitle + (f"\n({note})" if note else ""))
     fig.tight_layout(rect=(0, 0.06, 1, 1))
     return fig

@@ -68,7 +68,7 @@ def test_every_section_and_ratio_is_printed_ratios_last(output: str) -> None:
         "channels_last off (NCHW model)",
         "no read-ahead (one tile at a time)",
         "decode image + mask: read_png (imagecodecs)",
-        "confusion: one bincount (evaluate)",
+        "confusion: one bincount (PerSceneConfusion.update)",
     ):
         assert path in paths, path
 

@@ -413,12 +413,12 @@ def test_evaluate_result_agrees_with_a_direct_confusion(tree: Path) -> None:
 
 def test_cpu_labels_equal_argmax_with_ties_and_nan() -> None:
     """The CPU fast path for labels gives argmax's answer, first maximum on ties, NaN included."""
-    from loveda_utils.inference import _labels
+    from loveda_utils.inference import labels_from_logits
 
     g = torch.Generator().manual_seed(0)
     logits = torch.randint(0, 3, (2, 7, 16, 16), generator=g).float()  # many ties
-    assert torch.equal(_labels(logits).long(), logits.argmax(1))
+    assert torch.equal(labels_from_logits(logits).long(), logits.argmax(1))
     logits[0, 3, 4, 4] = float("nan")
-    assert torch.equal(_labels(logits).long(), logits.argmax(1))
+    assert torch.equal(labels_from_logits(logits).long(), logits.argmax(1))
     cl = logits.contiguous(memory_format=torch.channels_last)
-    assert torch.equal(_labels(cl).long(), logits.argmax(1))
+    assert torch.equal(labels_from_logits(cl).long(), logits.argmax(1))

@@ -206,6 +206,44 @@ def test_update_validates_inputs() -> None:
     assert int(cm.matrix.sum()) == 0  # failed updates count nothing
 
 
+def test_uint8_and_long_targets_count_alike_and_invalid_uint8_targets_raise() -> None:
+    # uint8 targets are counted in 256 rows of bins (no masking pass); long targets take the
+    # checked path. Both must give the reference matrix, with and without per-scene groups.
+    pred, target = random_batch(11, n=4)
+    keep = target != IGNORE_INDEX
+    index = target.long()[keep] * NUM_CLASSES + pred[keep]
+    expected = torch.bincount(index, minlength=NUM_CLASSES**2).view(NUM_CLASSES, NUM_CLASSES)
+    for t in (target, target.long(), target.to(torch.int32)):
+        for validate in (True, False):
+            cm = ConfusionMatrix(validate=validate)
+            cm.update(pred, t)
+            assert torch.equal(cm.matrix, expected), (t.dtype, validate)
+            per_scene = PerSceneConfusion(validate=validate)
+            per_scene.update(pred.to(torch.uint8), t, ["Urban", "Rural", "Urban", "Rural"])
+            assert torch.equal(per_scene.overall.matrix, expected)
+            assert torch.equal(
+                per_scene.scenes["urban"].matrix + per_scene.scenes["rural"].matrix, expected
+            )
+
+    cm = ConfusionMatrix()
+    bad = target.clone()
+    bad[0, 0, :3] = torch.tensor([7, 9, 200], dtype=torch.uint8)  # 255 stays "ignore"
+    with pytest.raises(ValueError, match=r"target holds labels \[7, 9, 200\].*raw_to_train"):
+        cm.update(pred, bad)
+    with pytest.raises(ValueError, match=r"target holds labels \[-3\]"):
+        cm.update(pred, torch.full((4, 16, 16), -3))
+    assert int(cm.matrix.sum()) == 0  # failed updates count nothing
+
+
+def test_an_ignore_index_inside_the_classes_drops_that_row() -> None:
+    pred = torch.tensor([[0, 1, 2, 2]])
+    target = torch.tensor([[0, 1, 1, 2]], dtype=torch.uint8)
+    for t in (target, target.long()):
+        cm = ConfusionMatrix(num_classes=3, ignore_index=1)
+        cm.update(pred, t)
+        assert cm.matrix.tolist() == [[1, 0, 0], [0, 0, 0], [0, 0, 1]]
+
+
 def test_merge_refuses_other_label_sets() -> None:
     with pytest.raises(ValueError, match="num_classes=3"):
         ConfusionMatrix().merge(ConfusionMatrix(num_classes=3))
