@@ -239,7 +239,8 @@ class ConfusionMatrix:
         ignore_index: target value that is skipped (LoveDA no-data).
         class_names: names used by :meth:`compute`.
         device: where the matrix starts; it moves to the inputs' device on update.
-        validate: check label ranges on every update (one host sync per batch).
+        validate: check that ``pred`` labels are in range on every update (one pass and one
+            host sync per batch; off for labels from an argmax). Targets are always checked.
     """
 
     def __init__(
