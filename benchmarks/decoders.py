@@ -20,8 +20,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from loveda_utils.data.pngio import read_png, read_png_pillow
 from loveda_utils.paths import PROJECT_ROOT
-from loveda_utils.pngio import read_png, read_png_pillow
 
 DEFAULT = PROJECT_ROOT.parent / "shared" / "loveda_sample" / "Train" / "Rural" / "images_png"
 
@@ -42,7 +42,7 @@ def decoders() -> dict[str, Callable[[bytes, Path], np.ndarray] | str]:
         .numpy(),
         "imagecodecs png_decode (libpng + zlib-ng)": lambda d, p: imagecodecs.png_decode(d),
         "imagecodecs spng_decode (libspng)": lambda d, p: imagecodecs.spng_decode(d),
-        "loveda_utils.pngio.read_png (file to array)": lambda d, p: read_png(p),
+        "loveda_utils.data.pngio.read_png (file to array)": lambda d, p: read_png(p),
     }
     try:
         import pyspng

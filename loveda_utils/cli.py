@@ -47,7 +47,7 @@ def _check_data_args(p: argparse.ArgumentParser) -> None:
 
 @command("check-data", "validate a LoveDA tree and print a readable report", _check_data_args)
 def check_data(args: argparse.Namespace) -> int:
-    from .validation import check_tree
+    from .data.validation import check_tree
 
     report = check_tree(args.root, args.splits, args.scenes,
                         level="quick" if args.quick else "full", workers=args.workers)
@@ -60,7 +60,7 @@ def check_data(args: argparse.Namespace) -> int:
 
 
 def _make_synthetic_args(p: argparse.ArgumentParser) -> None:
-    from .synthetic import DEFAULT_SEED, DEFAULT_SIZE, DEFAULT_TILES
+    from .data.synthetic import DEFAULT_SEED, DEFAULT_SIZE, DEFAULT_TILES
 
     p.add_argument("out", help="folder to write the mini-LoveDA tree into")
     p.add_argument("--tiles", type=int, default=DEFAULT_TILES,
@@ -72,7 +72,7 @@ def _make_synthetic_args(p: argparse.ArgumentParser) -> None:
 
 @command("make-synthetic", "write a synthetic mini-LoveDA in the released layout", _make_synthetic_args)
 def make_synthetic(args: argparse.Namespace) -> int:
-    from .synthetic import generate_mini_loveda
+    from .data.synthetic import generate_mini_loveda
 
     out = generate_mini_loveda(args.out, tiles=args.tiles, size=args.size, seed=args.seed,
                                overwrite=args.overwrite)
@@ -92,7 +92,7 @@ def _export_args(p: argparse.ArgumentParser) -> None:
 
 @command("export-submission", "zip a run's predictions for the LoveDA evaluation server", _export_args)
 def export_submission(args: argparse.Namespace) -> int:
-    from .submission import export_submission as export
+    from .evaluation.submission import export_submission as export
 
     out = export(args.run_dir, out=args.out, split=args.split)
     print(f"submission written to {out}")
@@ -120,7 +120,7 @@ def report(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from . import paths
-    from .results import load_records, write_report
+    from .results.records import load_records, write_report
 
     results_dir = Path(args.results_dir) if args.results_dir else paths.RESULTS_DIR
     if not results_dir.is_dir():
@@ -161,7 +161,7 @@ def _settings(pairs: list[str]) -> dict:
 
 
 def _suite_args(p: argparse.ArgumentParser) -> None:
-    from .suite import PROFILES
+    from .benchmark.suite import PROFILES
 
     p.add_argument("--profile", default="quick", choices=list(PROFILES),
                    help="quick: CPU demo on mini-LoveDA; mmseg: MMSeg's protocol on a GPU (default quick)")
@@ -182,7 +182,7 @@ def _run_suite_args(p: argparse.ArgumentParser) -> None:
 
 @command("run-suite", "run 03_benchmark.ipynb once per model (papermill), then the comparison", _run_suite_args)
 def run_suite(args: argparse.Namespace) -> int:
-    from .suite import run_suite as suite
+    from .benchmark.suite import run_suite as suite
 
     result = suite(args.profile, args.models, args.data_root, args.results_dir, force=args.force,
                    overrides=_settings(args.settings), gpus=args.gpus, render=not args.no_render)
@@ -196,7 +196,7 @@ def _estimate_args(p: argparse.ArgumentParser) -> None:
 
 @command("estimate", "time a few iterations per model and project the whole schedule", _estimate_args)
 def estimate(args: argparse.Namespace) -> int:
-    from .suite import estimate as run_estimate
+    from .benchmark.suite import estimate as run_estimate
 
     table = run_estimate(args.profile, args.models, args.data_root, steps=args.steps,
                          overrides=_settings(args.settings))
@@ -225,7 +225,7 @@ def _train_args(p: argparse.ArgumentParser) -> None:
 
 @command("train", "train one model with Lightning (multi-GPU/multi-node with --strategy ddp)", _train_args)
 def train(args: argparse.Namespace) -> int:
-    from .task import fit
+    from .training.task import fit
 
     devices = args.devices if not args.devices.isdigit() else int(args.devices)
     _, trainer = fit(args.model, args.run_dir, data_root=args.data_root, max_steps=args.max_steps,
@@ -237,23 +237,6 @@ def train(args: argparse.Namespace) -> int:
         print(f"trained {args.model} to step {trainer.global_step} on {trainer.world_size} process(es); "
               f"checkpoint: {args.run_dir}/checkpoints/last.ckpt")
     return 0
-
-
-# -- bench-pipeline ----------------------------------------------------------------------------
-
-
-def _bench_args(p: argparse.ArgumentParser) -> None:
-    from .bench_pipeline import add_arguments
-
-    add_arguments(p)
-
-
-@command("bench-pipeline", "measure the evaluation/training pipeline against its ceiling and torchgeo's path",
-         _bench_args)
-def bench_pipeline(args: argparse.Namespace) -> int:
-    from .bench_pipeline import run
-
-    return run(args)
 
 
 # -- entry point -------------------------------------------------------------------------------

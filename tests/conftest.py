@@ -69,7 +69,7 @@ def tiny_tree(tmp_path: Path) -> Path:
 @pytest.fixture(scope="session")
 def mini_loveda(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small generated mini-LoveDA (the embedded default, at test size)."""
-    from loveda_utils.synthetic import generate_mini_loveda
+    from loveda_utils.data.synthetic import generate_mini_loveda
 
     return generate_mini_loveda(tmp_path_factory.mktemp("mini") / "mini-loveda", tiles=4, size=96, seed=0)
 

@@ -1,0 +1,316 @@
+"""``LoveDADataModule``: LoveDA for Lightning (random crops to train, whole tiles to evaluate)."""
+
+from __future__ import annotations
+
+import operator
+import os
+import random
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor, wait
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset, Subset, default_collate, get_worker_info
+
+from .classes import normalize_scenes, normalize_split
+from .dataset import LoveDASegmentation
+from .root import resolve_data_root
+from .synthetic import is_synthetic
+from .transforms import crop_fits, eval_transforms, train_transforms
+from .validation import check_tree
+
+Sample = dict[str, Any]
+
+
+def seed_worker(worker_id: int) -> None:
+    """Seed numpy and ``random`` in each worker from torch's per-worker seed (torch seeds itself)."""
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def default_num_workers() -> int:
+    """Loader processes: one per core (up to 8) when a GPU runs the model, else the spare cores.
+
+    With CUDA the cores are free to decode PNGs (CPU-bound) while the GPU computes. Without it
+    the model's forward/backward already uses ``torch.get_num_threads()`` cores (all of them by
+    default), and workers only compete with it: on the 2-core benchmark machine, 2 workers made
+    evaluation 10-25% and training 40% slower than decoding in the main process
+    (``benchmarks/RESULTS.md``). So the CPU default is the cores torch leaves unused (0 by default).
+    """
+    cores = os.cpu_count() or 1
+    if torch.cuda.is_available():
+        return max(0, min(8, cores))
+    return max(0, min(8, cores - torch.get_num_threads()))
+
+
+def collate(samples: Sequence[Sample]) -> dict[str, Any]:
+    """``default_collate``, except that images stored channels-last stay so in the batch.
+
+    The dataset hands out images as views of the decoded ``[H, W, 3]`` arrays. Stacking them
+    as they are stored is a plain copy and gives a channels-last ``[B, 3, H, W]`` batch, the
+    layout the model runs in on the CPU; ``default_collate`` would transpose every tile to
+    NCHW (1.5 ms per 1024 px tile here) and the evaluation would transpose it back (3 ms).
+    Images in any other layout (e.g. after a resizing transform) are stacked as usual. A batch
+    of one sample in the main process (MMSeg evaluates one tile at a time) is a view of the
+    sample: no copy at all.
+    """
+    if len(samples) == 1 and get_worker_info() is None:
+        # Workers need default_collate's shared-memory copy; the main process needs none.
+        return {
+            k: v.unsqueeze(0) if isinstance(v, torch.Tensor) else default_collate([v])
+            for k, v in samples[0].items()
+        }
+    images = [s["image"] for s in samples] if samples and "image" in samples[0] else []
+    hwc = [im.permute(1, 2, 0) for im in images if isinstance(im, torch.Tensor) and im.ndim == 3]
+    if not hwc or len(hwc) != len(images) or not all(x.is_contiguous() for x in hwc):
+        return default_collate(samples)
+    batch = default_collate([{k: v for k, v in s.items() if k != "image"} for s in samples])
+    # default_collate stacks into shared memory inside a loader worker: no extra copy there.
+    batch["image"] = default_collate(hwc).permute(0, 3, 1, 2)
+    return batch
+
+
+class ReadAhead(Dataset):
+    """Load the next tiles of an in-order pass together, on several threads, while the model waits.
+
+    Without CUDA the forward pass keeps every core busy, so loader workers only compete with it
+    (:func:`default_num_workers`) and the main process decodes; but then one core decodes while
+    the others idle. Asked for a tile that is not ready, this wrapper loads it and the next
+    ``ahead - 1`` tiles at once: the calling thread and ``threads - 1`` helpers take tiles in
+    turn (PNG decoders release the GIL), and it returns only when all are done, so nothing
+    decodes during the following forward passes, which it serves from that buffer.
+
+    Why bursts of several tiles per thread: on the benchmark VM two threads decoding side by
+    side ran only ~1.5x as fast as one, and bursts of 2 tiles saved nothing at 512 px while
+    bursts of 8 did (``benchmarks/RESULTS.md``); a thread's wake-up (0.1-0.2 ms measured) is
+    paid once per burst.
+
+    For evaluation: samples are produced in the threads, transforms included, so the transforms
+    must be deterministic (random augmentation would draw in a different order). Each sample
+    is the plain dataset's, a tile that fails to load raises when it is asked for, and memory
+    holds at most ``ahead`` samples more than the plain dataset.
+    """
+
+    def __init__(self, dataset: Dataset, threads: int, ahead: int | None = None) -> None:
+        """Args:
+        dataset: a map-style dataset (a :class:`LoveDASegmentation` or a ``Subset`` of one).
+        threads: threads that load at once (the calling one included); 1 loads in order.
+        ahead: tiles per burst (default ``4 * threads``).
+        """
+        ahead = 4 * threads if ahead is None and isinstance(threads, int) else ahead
+        for name, value in (("threads", threads), ("ahead", ahead)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        self.dataset = dataset
+        self.threads = threads
+        self.ahead = ahead
+        self._ready: dict[int, tuple[Any, BaseException | None]] = {}
+        self._pool: ThreadPoolExecutor | None = None
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> Any:
+        n = len(self)
+        index = operator.index(index)
+        if index < 0:
+            index += n
+        if not 0 <= index < n:
+            raise IndexError(f"index {index} out of range for {n} samples")
+        if index not in self._ready:
+            if self.threads == 1 or self.ahead == 1:
+                return self.dataset[index]
+            self._ready = self._load(range(index, min(index + self.ahead, n)))
+        sample, error = self._ready.pop(index)
+        if error is not None:
+            raise error  # the tile's own error, when its turn comes
+        return sample
+
+    def _load(self, indices: range) -> dict[int, tuple[Any, BaseException | None]]:
+        loaded: dict[int, tuple[Any, BaseException | None]] = {}
+        todo = iter(indices)
+        lock = threading.Lock()
+
+        def work() -> None:
+            while True:
+                with lock:
+                    i = next(todo, None)
+                if i is None:
+                    return
+                try:
+                    loaded[i] = (self.dataset[i], None)
+                except Exception as exc:  # noqa: BLE001 - re-raised for that tile
+                    loaded[i] = (None, exc)
+
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.threads - 1, thread_name_prefix="read-ahead")
+        helpers = [self._pool.submit(work) for _ in range(min(self.threads, len(indices)) - 1)]
+        work()  # the calling thread loads too: one wake-up fewer per burst
+        wait(helpers)
+        return loaded
+
+    def __getstate__(self) -> dict[str, Any]:  # for loader workers: no pool, no buffer
+        return {**self.__dict__, "_ready": {}, "_pool": None}
+
+
+class LoveDADataModule(L.LightningDataModule):
+    """LoveDA for training and evaluation.
+
+    Training batches are random crops through :func:`~loveda_utils.data.transforms.train_transforms`
+    (MMSeg's LoveDA pipeline); evaluation uses whole tiles. Images stay ``uint8`` until the model
+    normalises them on the device. Before any worker starts, :meth:`setup` validates the splits it
+    will read (``validate="quick"``: pairing and headers; ``"full"``: decode everything) and raises
+    :class:`~loveda_utils.errors.InvalidDataError` listing each bad file.
+    """
+
+    def __init__(
+        self,
+        root: str | Path | None = None,
+        *,
+        train_scenes: str | Sequence[str] = "both",
+        eval_scenes: str | Sequence[str] = "both",
+        eval_split: str = "val",
+        batch_size: int = 16,
+        eval_batch_size: int = 1,
+        crop_size: int = 512,
+        num_workers: int | None = None,
+        pin_memory: bool | None = None,
+        seed: int = 0,
+        train_transform: Callable[[Sample], Sample] | None = None,
+        eval_transform: Callable[[Sample], Sample] | None = None,
+        limit_eval_images: int | None = None,
+        validate: str | None = "quick",
+        read_ahead: int | None = None,
+    ) -> None:
+        """Args:
+        root: LoveDA root; ``None`` -> ``$LOVEDA_ROOT`` -> the embedded mini-LoveDA.
+        train_scenes, eval_scenes: ``"urban"``, ``"rural"``, ``"both"`` or a list.
+        eval_split: split used by ``val_dataloader``/``test_dataloader`` (``"test"`` has no masks:
+            predictions only).
+        batch_size: training batch size; ``eval_batch_size``: whole tiles per evaluation batch.
+        crop_size: training crop; refused when larger than the tiles.
+        num_workers: loader processes (default: :func:`default_num_workers`, one per core up to 8
+            with CUDA, the cores torch's threads leave free without).
+        pin_memory: page-locked host memory for faster copies (default: when CUDA is available).
+        seed: seeds the shuffling and, through it, every worker's augmentation stream.
+        train_transform, eval_transform: replace the default pipelines.
+        limit_eval_images: evaluate only the first N tiles (in file order) of the eval split.
+        validate: ``"quick"``, ``"full"`` or ``None`` (skip the up-front check).
+        read_ahead: with ``num_workers=0``, evaluation tiles loaded together by
+            ``torch.get_num_threads()`` threads (:class:`ReadAhead`); default 4 per thread,
+            1 turns it off.
+        """
+        super().__init__()
+        self.save_hyperparameters(ignore=["train_transform", "eval_transform"])
+        self.root = resolve_data_root(root)
+        self.hparams["root"] = str(self.root)  # checkpoints load with weights_only: plain types only
+        self.train_scenes = normalize_scenes(train_scenes)
+        self.eval_scenes = normalize_scenes(eval_scenes)
+        self.eval_split = normalize_split(eval_split)
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size
+        self.crop_size = crop_size
+        self.num_workers = default_num_workers() if num_workers is None else num_workers
+        self.read_ahead = 4 * torch.get_num_threads() if read_ahead is None else read_ahead
+        if (
+            not isinstance(self.read_ahead, int)
+            or isinstance(self.read_ahead, bool)
+            or self.read_ahead < 1
+        ):
+            raise ValueError(f"read_ahead must be a positive int or None, got {read_ahead!r}")
+        self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
+        self.seed = seed
+        self.train_transform = train_transform or train_transforms(crop_size)
+        self.eval_transform = eval_transform or eval_transforms()
+        self.limit_eval_images = limit_eval_images
+        self.validate = validate
+        self.synthetic = is_synthetic(self.root)
+        self.train_dataset: LoveDASegmentation | None = None
+        self.eval_dataset: LoveDASegmentation | Subset | None = None
+
+    # -- setup ---------------------------------------------------------------------------------
+
+    def _check(self, split: str, scenes: Sequence[str]) -> None:
+        if self.validate:
+            check_tree(self.root, [split], scenes, level=self.validate).raise_for_problems()
+
+    def setup(self, stage: str | None = None) -> None:
+        """Validate and build the datasets a stage needs (``fit``, ``validate``, ``test``, ``predict``)."""
+        if stage in (None, "fit") and self.train_dataset is None:
+            self._check("Train", self.train_scenes)
+            self.train_dataset = LoveDASegmentation(self.root, "train", self.train_scenes, self.train_transform)
+            crop_fits(self.crop_size, self.tile_size(self.train_dataset))
+        if self.eval_dataset is None:
+            self._check(self.eval_split, self.eval_scenes)
+            dataset = LoveDASegmentation(self.root, self.eval_split, self.eval_scenes, self.eval_transform)
+            if self.limit_eval_images is not None:
+                dataset = Subset(dataset, range(min(self.limit_eval_images, len(dataset))))
+            self.eval_dataset = dataset
+
+    @staticmethod
+    def tile_size(dataset: LoveDASegmentation) -> tuple[int, int]:
+        """(height, width) of the first tile, read from its PNG header."""
+        with Image.open(dataset.files[0]["image"]) as img:
+            return img.height, img.width
+
+    def eval_tile_size(self) -> tuple[int, int]:
+        """(height, width) of the eval split's tiles (of the full split behind a ``limit_eval_images``)."""
+        if self.eval_dataset is None:
+            self.setup("validate")
+        dataset = self.eval_dataset
+        return self.tile_size(dataset.dataset if isinstance(dataset, Subset) else dataset)
+
+    # -- loaders -------------------------------------------------------------------------------
+
+    def _loader(self, dataset, batch_size: int, shuffle: bool) -> DataLoader:
+        workers = self.num_workers
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            drop_last=shuffle and len(dataset) >= batch_size,
+            num_workers=workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=workers > 0,
+            worker_init_fn=seed_worker if workers > 0 else None,
+            generator=torch.Generator().manual_seed(self.seed),
+            prefetch_factor=2 if workers > 0 else None,
+            collate_fn=collate,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        if self.train_dataset is None:
+            self.setup("fit")
+        return self._loader(self.train_dataset, self.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        if self.eval_dataset is None:
+            self.setup("validate")
+        dataset = self.eval_dataset
+        if self.num_workers == 0 and self.read_ahead > 1:
+            threads = max(1, min(torch.get_num_threads(), self.read_ahead))
+            dataset = ReadAhead(dataset, threads, ahead=self.read_ahead)
+        return self._loader(dataset, self.eval_batch_size, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self.val_dataloader()
+
+    def predict_dataloader(self) -> DataLoader:
+        return self.val_dataloader()
+
+    def describe(self) -> dict[str, Any]:
+        """Facts for the results record's ``dataset`` field."""
+        n_eval = len(self.eval_dataset) if self.eval_dataset is not None else None
+        return {
+            "root": str(self.root),
+            "split": self.eval_split,
+            "scenes": [s.lower() for s in self.eval_scenes],
+            "n_images": n_eval,
+            "synthetic": self.synthetic,
+        }

@@ -1,0 +1,115 @@
+"""Export saved predictions as a zip for the LoveDA evaluation server.
+
+The server (the LoveDA semantic-segmentation challenge on CodaLab) wants one PNG per Test
+image, named like the image, holding the class index 0..6 (background .. agriculture), with
+the files at the root of the zip, not in a folder. :func:`~loveda_utils.evaluation.inference.evaluate`
+saves predictions in the raw LoveDA encoding 1..7 under
+``<run_dir>/predictions/<Split>/<Scene>/``; this module converts and packs them.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import zipfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from ..data.classes import NUM_CLASSES, SCENES, normalize_split
+from ..errors import DatasetNotFoundError, InvalidDataError
+from ..files import atomic_output
+
+__all__ = ["export_submission"]
+
+_HOW_TO_PREDICT = (
+    "save predictions first: run notebooks/03_benchmark.ipynb with eval_split='{split}' and "
+    "save_predictions=True, or call loveda_utils.evaluation.inference.evaluate(model, loader, "
+    "save_predictions_dir='{predictions}')"
+)
+
+
+def _read_prediction(path: Path) -> np.ndarray:
+    """A saved prediction as a ``[H, W]`` array of raw values 1..7; raises on anything else."""
+    try:
+        with Image.open(path) as image:
+            bands = image.getbands()
+            array = np.asarray(image)
+    except (OSError, ValueError) as err:
+        raise InvalidDataError(f"prediction {path} is not a readable PNG: {err}") from err
+    if len(bands) != 1 or array.ndim != 2:
+        raise InvalidDataError(
+            f"prediction {path} has {len(bands)} channels (mode {image.mode}); predictions "
+            "must be single-channel PNGs of raw LoveDA labels 1..7"
+        )
+    values = np.unique(array)
+    bad = values[(values < 1) | (values > NUM_CLASSES)]
+    if bad.size:
+        raise InvalidDataError(
+            f"prediction {path} holds values {bad[:10].tolist()} outside 1..{NUM_CLASSES}; "
+            "saved predictions use the raw LoveDA encoding (1 background .. 7 agriculture), "
+            "as written by evaluate(save_predictions_dir=...)"
+        )
+    return array
+
+
+def _encode_png(labels: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(labels, dtype=np.uint8)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def export_submission(
+    run_dir: str | os.PathLike[str],
+    out: str | os.PathLike[str] | None = None,
+    split: str = "Test",
+) -> Path:
+    """Pack ``<run_dir>/predictions/<split>/<Scene>/*.png`` into a LoveDA server zip.
+
+    Each PNG is rewritten with values 0..6 (raw - 1) and stored at the zip root under its own
+    file name (LoveDA image ids are unique across Urban and Rural). The zip is written to a
+    temporary file and renamed into place, so an existing ``out`` is never left half-written.
+
+    Args:
+        run_dir: the run folder holding ``predictions/``.
+        out: the zip to write; default ``<run_dir>/submission.zip``.
+        split: the split whose predictions to pack (the server scores ``Test``).
+
+    Returns:
+        The path of the written zip.
+
+    Raises:
+        DatasetNotFoundError: ``run_dir`` does not exist or holds no predictions for ``split``.
+        InvalidDataError: a prediction is unreadable, not single-channel, holds a value outside
+            1..7, or two scenes hold the same file name.
+    """
+    run_dir = Path(run_dir)
+    split = normalize_split(split)
+    predictions = run_dir / "predictions" / split
+    how = _HOW_TO_PREDICT.format(split=split, predictions=run_dir / "predictions")
+    if not run_dir.is_dir():
+        raise DatasetNotFoundError(f"run_dir {run_dir} does not exist; {how}")
+    files = [p for scene in SCENES for p in sorted((predictions / scene).glob("*.png"))]
+    if not files:
+        raise DatasetNotFoundError(
+            f"no {split} predictions in {predictions} (expected <Scene>/*.png for scenes "
+            f"{', '.join(SCENES)}); {how}"
+        )
+    seen: dict[str, Path] = {}
+    for path in files:
+        if path.name in seen:
+            raise InvalidDataError(
+                f"prediction name {path.name!r} occurs twice, in {seen[path.name]} and {path}; "
+                "the server zip is flat, so names must be unique across scenes: remove the "
+                "stray file or re-run the prediction"
+            )
+        seen[path.name] = path
+
+    out = Path(out) if out is not None else run_dir / "submission.zip"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_output(out) as handle, zipfile.ZipFile(handle, "w", zipfile.ZIP_DEFLATED) as zf:
+        for path in files:
+            labels = _read_prediction(path) - 1
+            zf.writestr(path.name, _encode_png(labels))
+    return out

@@ -1,0 +1,99 @@
+"""The runtime policy, in one place: which device, which precision, how to time and lay out tensors.
+
+Training, evaluation and the table's timings all ask this module, so they agree: one AMP policy
+(:func:`amp_dtype`), one synchronisation before a clock is read (:func:`synchronize`), one rule for
+channels-last memory (:func:`default_channels_last`), one device name for the table, one memory
+counter for processes without CUDA (:func:`peak_rss_gb`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import platform
+import resource
+import sys
+
+import torch
+
+GB = 1024**3
+
+
+def synchronize(device: torch.device | str) -> None:
+    """Wait for queued kernels so that a clock read means the work is done."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+def resolve_device(accelerator: str = "auto") -> torch.device:
+    """The device evaluation runs on, from a Lightning-style ``accelerator`` name."""
+    accelerator = str(accelerator).lower()
+    if accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise RuntimeError(f"accelerator={accelerator!r} but CUDA is not available on this machine")
+        return torch.device("cuda", torch.cuda.current_device())
+    if accelerator == "mps" or (accelerator == "auto" and torch.backends.mps.is_available()):
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def device_name(device: torch.device | str) -> str:
+    """A readable device name for the table (GPU model, or the CPU model and its cores)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    if device.type == "mps":
+        return "Apple MPS"
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"CPU {model} ({torch.get_num_threads()} threads)"
+
+
+def peak_rss_gb() -> float:
+    """Peak resident memory of this process so far, in GiB."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / GB if sys.platform == "darwin" else peak * 1024 / GB  # bytes on macOS, KiB on Linux
+
+
+def amp_dtype(device: torch.device, amp: bool | torch.dtype | None = None) -> torch.dtype | None:
+    """The autocast dtype for ``amp`` on ``device`` (``None`` = no autocast): the one AMP policy,
+    shared by evaluation and fps timing so both run the model in the same precision.
+
+    ``amp=None``: on for CUDA only; ``True``: on for any device; ``False``: off; a dtype: that.
+    """
+    if amp is None:
+        amp = device.type == "cuda"
+    if amp is False:
+        return None
+    if isinstance(amp, torch.dtype):
+        return amp
+    if device.type == "cuda":
+        # Emulated bf16 (pre-Ampere GPUs) is slower than fp16: ask for native support only.
+        native_bf16 = torch.cuda.is_bf16_supported(including_emulation=False)
+        return torch.bfloat16 if native_bf16 else torch.float16
+    if device.type == "cpu":
+        return torch.bfloat16  # the dtype CPU autocast is built and tuned for
+    return torch.float16
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    """``torch.autocast`` for ``dtype``, or a no-op context when ``dtype`` is ``None``."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def channels_last_for(device: torch.device, amp_dtype: torch.dtype | None) -> bool:
+    """Where channels-last pays: the CPU (oneDNN) and CUDA under AMP (tensor cores)."""
+    return device.type == "cpu" or (device.type == "cuda" and amp_dtype is not None)
+
+
+def default_channels_last(device: torch.device, amp: bool | torch.dtype | None = None) -> bool:
+    """Whether evaluation runs ``channels_last`` by default on ``device`` under ``amp``."""
+    return channels_last_for(device, amp_dtype(device, amp))

@@ -1,0 +1,199 @@
+"""The benchmark product: 03 through papermill, records, the suite, estimate, the rendered comparison."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nbformat
+import numpy as np
+import papermill as pm
+import pytest
+from PIL import Image
+
+from loveda_utils.benchmark.suite import Profile, estimate, run_suite
+from loveda_utils.cli import main as cli
+from loveda_utils.data.classes import raw_to_train
+from loveda_utils.evaluation.metrics import ConfusionMatrix
+from loveda_utils.paths import NOTEBOOKS_DIR
+from loveda_utils.results.records import load_records, validate_record
+
+pytestmark = pytest.mark.slow
+
+MODEL = "lraspp_mobilenet_v3_large"  # the quickest registry model on a CPU
+TINY = {
+    "pretrained": "none", "max_steps": 2, "batch_size": 2, "crop_size": 32, "fps_images": 2,
+    "fps_size": None, "flops_size": 64, "visual_tiles": 2, "num_workers": 0, "progress": False,
+    "fps_warmup": 1,
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_mini(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from loveda_utils.data.synthetic import generate_mini_loveda
+
+    return generate_mini_loveda(tmp_path_factory.mktemp("tiny") / "mini", tiles=2, size=64, seed=1)
+
+
+def run_03(out: Path, **parameters) -> nbformat.NotebookNode:
+    pm.execute_notebook(str(NOTEBOOKS_DIR / "03_benchmark.ipynb"), str(out), parameters=parameters,
+                        kernel_name="python3", progress_bar=False, cwd=str(NOTEBOOKS_DIR))
+    return nbformat.read(out, as_version=4)
+
+
+@pytest.fixture(scope="module")
+def first_run(tiny_mini: Path, tmp_path_factory: pytest.TempPathFactory):
+    results = tmp_path_factory.mktemp("results")
+    run_03(results / "03.ipynb", model=MODEL, data_root=str(tiny_mini), results_dir=str(results),
+           save_predictions=True, **TINY)
+    (record_path,) = results.glob("runs/*/metrics.json")
+    return results, record_path
+
+
+def test_papermill_run_writes_a_complete_record(first_run, tiny_mini: Path) -> None:
+    results, record_path = first_run
+    record = json.loads(record_path.read_text())
+    assert validate_record(record) == []
+    assert record["model"] == MODEL and record["method"] == "LRASPP" and record["backbone"] == "MobileNetV3-L"
+    assert record["dataset"] == {"root": str(tiny_mini), "split": "Val", "scenes": ["urban", "rural"],
+                                 "n_images": 2, "synthetic": True}
+    assert record["lr_schd"] == 2 and record["crop_size"] == 32 and record["fps_size"] == 64
+    assert 0 <= record["miou"] <= 1 and record["miou_ms_flip"] is not None
+    assert set(record["per_scene_miou"]) == {"urban", "rural"}
+    assert record["fps"] > 0 and record["params_m"] > 1 and record["gflops"] > 0 and record["mem_gb"] > 0
+    run_dir = record_path.parent
+    assert (run_dir / "params.json").is_file() and (run_dir / "checkpoints" / "last.ckpt").is_file()
+    assert record["checkpoint"] == "checkpoints/last.ckpt"
+    assert len(list((run_dir / "visuals").rglob("*.png"))) == 2
+    assert list((run_dir / "logs").glob("version_0/metrics.csv"))
+
+
+def test_record_miou_equals_recomputation_from_saved_predictions(first_run, tiny_mini: Path) -> None:
+    results, record_path = first_run
+    record = json.loads(record_path.read_text())
+    predictions = sorted((record_path.parent / "predictions" / "Val").rglob("*.png"))
+    assert len(predictions) == record["dataset"]["n_images"]
+    cm = ConfusionMatrix()
+    import torch
+
+    for pred_path in predictions:
+        scene = pred_path.parent.name
+        raw_pred = np.array(Image.open(pred_path))
+        assert raw_pred.min() >= 1 and raw_pred.max() <= 7  # raw LoveDA encoding
+        mask = np.array(Image.open(tiny_mini / "Val" / scene / "masks_png" / pred_path.name))
+        cm.update(torch.from_numpy(raw_pred.astype(np.int64) - 1), torch.from_numpy(raw_to_train(mask)))
+    assert cm.compute().miou == pytest.approx(record["miou"], abs=1e-12)
+
+
+def test_second_run_leaves_the_first_record_intact(first_run, tiny_mini: Path, tmp_path: Path) -> None:
+    results, record_path = first_run
+    before = record_path.read_bytes()
+    run_03(tmp_path / "again.ipynb", model=MODEL, data_root=str(tiny_mini), results_dir=str(results),
+           run_name=record_path.parent.name, ms_flip=False, **TINY)
+    assert record_path.read_bytes() == before
+    names = sorted(p.parent.name for p in results.glob("runs/*/metrics.json"))
+    assert names == [record_path.parent.name, record_path.parent.name + "-r2"]
+
+
+def test_checkpoint_is_evaluated_instead_of_trained(first_run, tiny_mini: Path, tmp_path: Path) -> None:
+    _, record_path = first_run
+    ckpt = record_path.parent / "checkpoints" / "last.ckpt"
+    results = tmp_path / "eval-only"
+    nb = run_03(tmp_path / "ckpt.ipynb", model=MODEL, data_root=str(tiny_mini), results_dir=str(results),
+                checkpoint=str(ckpt), ms_flip=False, **TINY)
+    (path,) = results.glob("runs/*/metrics.json")
+    record = json.loads(path.read_text())
+    first = json.loads(record_path.read_text())
+    assert record["lr_schd"] == 2 and record["mem_gb"] is None and record["miou_ms_flip"] is None
+    assert record["miou"] == pytest.approx(first["miou"])  # same weights, same tiles
+    assert str(ckpt) in record["checkpoint"] and record["pretrained"] == "none"
+    assert nb.metadata["papermill"]["parameters"]["checkpoint"] == str(ckpt)
+
+
+@pytest.mark.parametrize(
+    ("parameters", "ename", "message"),
+    [
+        ({"model": "unet_resnet9000"}, "UnknownModelError", "lraspp_mobilenet_v3_large"),
+        ({"model": MODEL, "checkpoint": "/nonexistent/last.ckpt"}, "CheckpointError", "does not exist"),
+        ({"model": MODEL, "crop_size": 512}, "ConfigError", "crop_size=512 is larger than the tiles"),
+    ],
+)
+def test_bad_inputs_fail_with_their_message(parameters, ename, message, tiny_mini: Path, tmp_path: Path) -> None:
+    params = {**TINY, **parameters, "data_root": str(tiny_mini), "results_dir": str(tmp_path / "r")}
+    with pytest.raises(pm.PapermillExecutionError) as info:
+        run_03(tmp_path / "bad.ipynb", **params)
+    assert info.value.ename == ename and message in info.value.evalue
+
+
+def test_suite_survives_a_failing_model_and_renders(tiny_mini: Path, tmp_path: Path) -> None:
+    profile = Profile(
+        name="test", description="two tiny models, one failing",
+        models={MODEL: {}, "unet_resnet18_ssl4eo_moco": {"pretrained": "default"}},  # weights absent offline
+        params={**TINY, "ms_flip": False},
+    )
+    results, lines = tmp_path / "suite", []
+    outcome = run_suite(profile, data_root=tiny_mini, results_dir=results, readme=None, log=lines.append)
+    assert outcome.exit_code == 1
+    (failed,) = outcome.failed
+    assert failed.model == "unet_resnet18_ssl4eo_moco" and "WeightsError" in failed.message
+    assert str(failed.notebook) in failed.message and failed.notebook.is_file()
+    text = "\n".join(lines)
+    assert "[1/2]" in text and "[2/2]" in text and "1 done, 0 skipped, 1 failed" in text
+    assert (results / "benchmark.md").is_file() and (results / "04_results_comparison.html").is_file()
+    table = (results / "benchmark.md").read_text()
+    assert "LRASPP" in table and "mini-LoveDA (synthetic)" in table
+    records, problems = load_records(results)
+    assert len(records) == 1 and problems == []
+    assert (records[0]["_run_dir"] / "03_benchmark.ipynb").is_file()
+
+    # Re-run: the finished model is skipped, the failed one retried in its own folder.
+    lines.clear()
+    again = run_suite(profile, data_root=tiny_mini, results_dir=results, readme=None, render=False,
+                      log=lines.append)
+    assert [j.status for j in again.jobs] == ["skipped", "failed"]
+    assert again.jobs[1].run_dir == failed.run_dir
+    # --force: a new record beside the old one, never over it.
+    first = (records[0]["_run_dir"] / "metrics.json").read_bytes()
+    forced = run_suite(profile, models=[MODEL], data_root=tiny_mini, results_dir=results, force=True,
+                       readme=None, render=False, log=lines.append)
+    assert forced.exit_code == 0 and forced.jobs[0].run_dir.name.endswith("-r2")
+    assert (records[0]["_run_dir"] / "metrics.json").read_bytes() == first
+
+
+def test_damaged_record_is_reported_not_fatal(first_run, tmp_path: Path, capsys) -> None:
+    import shutil
+
+    results, record_path = first_run
+    copy = tmp_path / "copy"
+    shutil.copytree(results / "runs", copy / "runs")
+    damaged = copy / "runs" / "broken"
+    damaged.mkdir()
+    (damaged / "metrics.json").write_text('{"model": "x", ')
+    assert cli(["report", "--results-dir", str(copy), "--no-readme"]) == 0
+    captured = capsys.readouterr()
+    assert "LRASPP" in captured.out and "broken/metrics.json" in captured.out + captured.err
+
+
+def test_estimate_projects_the_schedule(tiny_mini: Path) -> None:
+    profile = Profile(name="t", description="", models={MODEL: {}},
+                      params={**TINY, "max_steps": 1000, "ms_flip": True})
+    table = estimate(profile, data_root=tiny_mini, steps=3, log=lambda _: None)
+    row = table.iloc[0]
+    assert "error" not in table or not isinstance(row.get("error"), str)
+    assert row.s_per_iter > 0 and row.train_hours == pytest.approx(row.s_per_iter * 1000 / 3600)
+    assert row.params_m > 1 and row.peak_mem_gb > 0 and row.lr_schd == 1000
+
+
+def test_notebook_parameters_match_the_config() -> None:
+    """The parameters cell lists every BenchmarkConfig field with the same default."""
+    import ast
+    import dataclasses
+
+    from loveda_utils.benchmark.run import BenchmarkConfig
+
+    nb = nbformat.read(NOTEBOOKS_DIR / "03_benchmark.ipynb", as_version=4)
+    (cell,) = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    values = {node.targets[0].id: ast.literal_eval(node.value)
+              for node in ast.parse(cell.source).body if isinstance(node, ast.Assign)}
+    defaults = {f.name: f.default for f in dataclasses.fields(BenchmarkConfig)}
+    assert values == defaults

@@ -1,0 +1,134 @@
+"""Functional test of ``bench-pipeline`` (benchmarks.pipeline): it runs end to end.
+
+Tiny on purpose (64 px tiles, 2 tiles per pass, one round): it checks that every section and
+every ratio line is printed, ratios last, and that our path and torchgeo's score the same data
+with the same weights identically. It asserts nothing about speed: timings belong to the
+benchmark's own run (benchmarks/RESULTS.md), never to a test.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from benchmarks.pipeline import MEASUREMENTS, main
+
+TINY = [
+    "--model", "lraspp_mobilenet_v3_large",
+    "--size", "64",
+    "--tiles", "2",
+    "--rounds", "1",
+    "--workers", "0",
+    "--threads", "1",
+    "--train-steps", "2",
+    "--train-warmup", "1",
+    "--train-batch", "1",
+    "--fps-images", "1",
+    "--memory-tiles", "2,3",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def output(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """One run of every measurement (all of MEASUREMENTS), its stdout."""
+    import contextlib
+    import io
+
+    work = tmp_path_factory.mktemp("bench")
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        code = main([*TINY, "--work-dir", str(work)])
+    assert code == 0
+    # The tiles were written to the work folder (never into the repository).
+    assert list(Path(work).glob("synthetic-64px/MINI_LOVEDA.json"))
+    return stdout.getvalue()
+
+
+def test_every_section_and_ratio_is_printed_ratios_last(output: str) -> None:
+    lines = output.strip().splitlines()
+    table = [
+        ln for ln in lines if re.match(r"^(eval|torchgeo|train|fps|memory|ablation|kernel) ", ln)
+    ]
+    sections = {ln.split()[0] for ln in table}
+    assert sections == {"eval", "torchgeo", "train", "fps", "memory", "ablation", "kernel"}
+    paths = "\n".join(table)
+    for path in (
+        "ceiling: forward only",
+        "ours: PNG -> confusion matrix",
+        "torchgeo (as shipped)",
+        "torchgeo + channels_last model",
+        "ours: SegmentationTask + Trainer",
+        "plain PyTorch loop",
+        "measure_fps (ours, median)",
+        "torch.utils.benchmark (median)",
+        "evaluate 2 tiles (fresh process)",
+        "evaluate 3 tiles (fresh process)",
+        "channels_last off (NCHW model)",
+        "no read-ahead (one tile at a time)",
+        "decode image + mask: read_png (imagecodecs)",
+        "confusion: one bincount (PerSceneConfusion.update)",
+    ):
+        assert path in paths, path
+
+    ratios = [ln for ln in lines if ln.startswith("ratio ")]
+    names = [re.match(r"ratio (.+?)\s{2,}", ln).group(1).strip() for ln in ratios]
+    assert names == [
+        "ours/ceiling",
+        "ours/torchgeo",
+        "lightning/plain steps",
+        "fps ours/independent",
+        "memory 3/2 tiles",
+    ]
+    # The ratios come last, each with a number and a verdict against its target.
+    assert lines[-len(ratios) :] == ratios
+    for line in ratios:
+        assert re.search(r"\d+\.\d{3}\s+target .+ (MET|NOT MET)", line), line
+    # The ceiling ratio also says what our path adds per tile, in milliseconds.
+    assert re.search(r"ours adds -?\d+\.\d ms/tile .+ to a \d+\.\d ms forward", ratios[0]), ratios[0]
+    # Where the numbers come from is printed with them.
+    assert "# machine:" in output and "# versions:" in output and "load average" in output
+
+
+def test_ours_and_torchgeo_score_identically(output: str) -> None:
+    line = next(
+        ln for ln in output.splitlines() if ln.startswith("# torchgeo unet_resnet18 64px: mIoU")
+    )
+    found = re.findall(r"mIoU ours (\d\.\d+) vs (.+?) (\d\.\d+) \((.+?)\)", line)
+    assert [label for _, label, _, _ in found] == ["(as shipped)", "+ channels_last model"]
+    for ours, _, theirs, _ in found:
+        assert float(ours) == float(theirs) > 0
+    # Same kernels (both channels-last): the same prediction for every pixel.
+    assert found[1][3] == "identical confusion matrices"
+
+
+def test_bad_flags_are_refused_with_the_flag_named(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--measure", "ceiling,speed"]) == 2
+    assert "--measure speed" in capsys.readouterr().err
+    assert main(["--size", "100", "--measure", "fps"]) == 2
+    assert "--size" in capsys.readouterr().err
+    assert set(MEASUREMENTS) >= {"ceiling", "ours", "torchgeo", "train", "fps", "memory"}
+
+
+def test_decoder_comparison_script(tmp_path: Path) -> None:
+    """benchmarks/decoders.py times the decoders on real PNG files and checks their pixels."""
+    import subprocess
+    import sys
+
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        Image.fromarray(rng.integers(0, 256, (40, 56, 3), dtype=np.uint8)).save(tmp_path / f"{i}.png")
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "decoders.py"
+    out = subprocess.run(
+        [sys.executable, str(script), str(tmp_path), "--passes", "1"],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    assert "# 2 files, 56x40 RGB" in out
+    for name in ("imagecodecs png_decode", "loveda_utils.data.pngio.read_png", "torchvision io.decode_png"):
+        line = next(ln for ln in out.splitlines() if ln.startswith(name))
+        assert line.endswith("same pixels as Pillow"), line
+    assert "DIFFERENT" not in out

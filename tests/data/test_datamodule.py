@@ -1,0 +1,206 @@
+"""LoveDADataModule: batches, up-front validation, determinism, default root."""
+
+from __future__ import annotations
+
+import pickle
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from loveda_utils import paths
+from loveda_utils.data import root as data_root
+from loveda_utils.data.datamodule import LoveDADataModule
+from loveda_utils.errors import ConfigError, DatasetNotFoundError, InvalidDataError
+
+
+def test_training_batches_are_uint8_crops(tiny_tree: Path) -> None:
+    dm = LoveDADataModule(tiny_tree, batch_size=2, crop_size=32, num_workers=0)
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["image"].dtype == torch.uint8 and batch["image"].shape == (2, 3, 32, 32)
+    assert batch["mask"].dtype == torch.uint8 and batch["mask"].shape == (2, 32, 32)
+    assert set(torch.unique(batch["mask"]).tolist()) <= set(range(7)) | {255}
+    assert set(batch["scene"]) <= {"Urban", "Rural"} and len(batch["name"]) == 2
+
+
+def test_eval_batches_are_whole_tiles(tiny_tree: Path) -> None:
+    dm = LoveDADataModule(tiny_tree, eval_split="val", eval_scenes="rural", num_workers=0,
+                          limit_eval_images=1)
+    dm.setup("validate")
+    batches = list(dm.val_dataloader())
+    assert len(batches) == 1 and batches[0]["image"].shape == (1, 3, 64, 64)
+    assert batches[0]["scene"] == ["Rural"]
+    assert dm.describe() == {"root": str(tiny_tree), "split": "Val", "scenes": ["rural"],
+                             "n_images": 1, "synthetic": False}
+
+
+def test_test_split_has_no_masks(tiny_tree: Path) -> None:
+    dm = LoveDADataModule(tiny_tree, eval_split="test", num_workers=0)
+    dm.setup("predict")
+    batch = next(iter(dm.predict_dataloader()))
+    assert "mask" not in batch and batch["split"] == ["Test"]
+
+
+def _first_batch(root: Path, seed: int, workers: int) -> dict:
+    dm = LoveDADataModule(root, batch_size=2, crop_size=32, num_workers=workers, seed=seed)
+    dm.setup("fit")
+    return next(iter(dm.train_dataloader()))
+
+
+def test_same_seed_same_batches_with_workers(tiny_tree: Path) -> None:
+    a, b = _first_batch(tiny_tree, 7, 2), _first_batch(tiny_tree, 7, 2)
+    assert a["name"] == b["name"]
+    assert torch.equal(a["image"], b["image"]) and torch.equal(a["mask"], b["mask"])
+    c = _first_batch(tiny_tree, 8, 2)
+    assert not torch.equal(a["image"], c["image"])
+
+
+def test_invalid_data_refused_up_front(tiny_tree: Path) -> None:
+    (tiny_tree / "Train" / "Rural" / "masks_png" / "2.png").unlink()
+    dm = LoveDADataModule(tiny_tree, crop_size=32, num_workers=2)
+    with pytest.raises(InvalidDataError, match=r"Train/Rural/images_png/2\.png: image without mask") as info:
+        dm.setup("fit")
+    assert len(info.value.problems) == 1
+
+
+def test_crop_larger_than_tile(tiny_tree: Path) -> None:
+    dm = LoveDADataModule(tiny_tree, crop_size=512, num_workers=0)
+    with pytest.raises(ConfigError, match=r"crop_size=512 is larger than the tiles \(64x64"):
+        dm.setup("fit")
+
+
+def test_root_resolution(tmp_path: Path, tiny_tree: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(DatasetNotFoundError, match="data_root="):
+        data_root.resolve_data_root(tmp_path / "missing")
+    monkeypatch.setenv("LOVEDA_ROOT", str(tmp_path / "missing"))
+    with pytest.raises(DatasetNotFoundError, match=r"\$LOVEDA_ROOT"):
+        data_root.resolve_data_root(None)
+    monkeypatch.setenv("LOVEDA_ROOT", str(tiny_tree))
+    assert data_root.resolve_data_root(None) == tiny_tree
+
+
+def test_default_root_is_generated_mini_loveda(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from loveda_utils.data import synthetic
+
+    target = tmp_path / "mini"
+    monkeypatch.setattr(paths, "MINI_LOVEDA_DIR", target)
+    # The default tree at test size: same generator, fewer and smaller tiles.
+    monkeypatch.setattr(synthetic, "DEFAULT_TILES", 2)
+    monkeypatch.setattr(synthetic, "DEFAULT_SIZE", 64)
+    assert data_root.resolve_data_root(None) == target and synthetic.is_synthetic(target)
+    stamp = (target / synthetic.MARKER_NAME).stat().st_mtime_ns
+    assert data_root.resolve_data_root(None) == target  # reused, not regenerated
+    assert (target / synthetic.MARKER_NAME).stat().st_mtime_ns == stamp
+    dm = LoveDADataModule(None, num_workers=0, crop_size=32)
+    assert dm.synthetic and dm.root == target
+    # A tree from other settings (or an older generator) is replaced by the default one.
+    monkeypatch.setattr(synthetic, "DEFAULT_SEED", 5)
+    data_root.ensure_mini_loveda()
+    assert synthetic.read_marker(target)["seed"] == 5
+
+
+# -- loading: channels-last collate and read-ahead -------------------------------------------
+
+
+def _eval_dataset(root: Path):
+    from loveda_utils.data.dataset import LoveDASegmentation
+    from loveda_utils.data.transforms import eval_transforms
+
+    return LoveDASegmentation(root, "train", "both", eval_transforms())
+
+
+def test_collate_keeps_decoded_images_channels_last(tiny_tree: Path) -> None:
+    from torch.utils.data import default_collate
+
+    from loveda_utils.data.datamodule import collate
+
+    samples = [_eval_dataset(tiny_tree)[i] for i in range(3)]
+    assert samples[0]["image"].shape == (3, 64, 64)  # stored as decoded, [H, W, 3]
+    batch, reference = collate(samples), default_collate(samples)
+    assert batch["image"].is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(batch["image"], reference["image"])
+    assert torch.equal(batch["mask"], reference["mask"])
+    assert batch["name"] == reference["name"] and batch["scene"] == reference["scene"]
+    # Images in another layout (e.g. after a transform made them NCHW) are stacked as usual.
+    nchw = [{**s, "image": s["image"].contiguous()} for s in samples]
+    assert collate(nchw)["image"].is_contiguous()
+    # One sample in the main process: the batch is a view of it, equal to default_collate's.
+    one, reference = collate(samples[:1]), default_collate(samples[:1])
+    assert one["image"].data_ptr() == samples[0]["image"].data_ptr()
+    assert one.keys() == reference.keys()
+    for key, value in reference.items():
+        if isinstance(value, torch.Tensor):
+            assert torch.equal(one[key], value) and one[key].dtype == value.dtype
+        else:
+            assert one[key] == value
+
+
+class _Recorder(torch.utils.data.Dataset):
+    """A dataset that records which thread loaded which index; index 5 is a broken tile."""
+
+    def __init__(self, n: int) -> None:
+        self.n, self.loaded, self.threads = n, [], set()
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> dict:
+        self.loaded.append(i)
+        self.threads.add(threading.get_ident())
+        time.sleep(0.05)  # a slow decode: the helper thread wakes up long before the burst ends
+        if i == 5:
+            raise InvalidDataError(f"tile {i}: unreadable or truncated PNG")
+        return {"i": i}
+
+
+def test_read_ahead_loads_bursts_on_threads_and_keeps_errors_per_tile() -> None:
+    from loveda_utils.data.datamodule import ReadAhead
+
+    data = _Recorder(10)
+    ahead = ReadAhead(data, threads=2, ahead=4)
+    assert [ahead[i]["i"] for i in range(5)] == [0, 1, 2, 3, 4]
+    assert sorted(data.loaded) == [0, 1, 2, 3, 4, 5, 6, 7]  # two bursts of 4
+    assert len(data.threads) == 2  # the caller and one helper
+    with pytest.raises(InvalidDataError, match="tile 5"):  # raised for tile 5, and only there
+        ahead[5]
+    assert ahead[6]["i"] == 6 and ahead[-1]["i"] == 9  # later tiles still served; negative index
+    assert ahead[2]["i"] == 2  # out of order: loaded again (a new burst)
+    with pytest.raises(IndexError):
+        ahead[10]
+    clone = pickle.loads(pickle.dumps(ReadAhead(_Recorder(3), 2)))
+    assert clone._pool is None and clone.ahead == 8  # 4 per thread by default
+
+
+@pytest.mark.parametrize(("threads", "ahead"), [(0, None), (2, 0), (1.5, None), (2, True)])
+def test_read_ahead_refuses_bad_settings(threads, ahead) -> None:
+    from loveda_utils.data.datamodule import ReadAhead
+
+    with pytest.raises(ValueError, match="must be a positive int"):
+        ReadAhead(_Recorder(3), threads, ahead)
+
+
+def test_eval_loader_reads_ahead_with_identical_batches(tiny_tree: Path) -> None:
+    from loveda_utils.data.datamodule import ReadAhead
+
+    def batches(read_ahead: int | None) -> tuple[list[dict], object]:
+        dm = LoveDADataModule(tiny_tree, eval_split="val", num_workers=0, read_ahead=read_ahead)
+        loader = dm.val_dataloader()
+        return list(loader), loader.dataset
+
+    plain, plain_data = batches(1)
+    ahead, ahead_data = batches(3)
+    assert not isinstance(plain_data, ReadAhead)
+    assert isinstance(ahead_data, ReadAhead) and ahead_data.ahead == 3
+    assert len(plain) == len(ahead) == 4
+    for a, b in zip(plain, ahead, strict=True):
+        assert a["name"] == b["name"] and torch.equal(a["image"], b["image"])
+        assert torch.equal(a["mask"], b["mask"])
+    for bad in (0, True, 2.0):
+        with pytest.raises(ValueError, match="read_ahead must be a positive int"):
+            LoveDADataModule(tiny_tree, read_ahead=bad)
+    # Loader workers decode in parallel already: no read-ahead on top of them.
+    dm = LoveDADataModule(tiny_tree, eval_split="val", num_workers=1)
+    assert not isinstance(dm.val_dataloader().dataset, ReadAhead)
