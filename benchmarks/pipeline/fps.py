@@ -1,0 +1,77 @@
+"""Section 5: :func:`~loveda_utils.benchmark.measure.measure_fps` against an independent timing
+of the same model and input with ``torch.utils.benchmark``."""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import statistics
+
+import torch
+
+from loveda_utils.benchmark.measure import measure_fps
+
+from .report import Ratio, Report, Row, progress
+from .settings import Settings, random_model
+from .timing import interleave, paired_ratio
+
+
+def measure_fps_check(report: Report, args: argparse.Namespace, settings: Settings) -> None:
+    """Section 5: ``measure_fps`` (median fps) against ``torch.utils.benchmark.Timer``."""
+    from torch.utils import benchmark
+
+    name, size = args.fps_model, args.fps_size
+    model = random_model(name, settings)
+    progress(
+        f"fps, {name} at {size} px: measure_fps ({args.fps_images} images) vs torch.utils.benchmark"
+    )
+    image = torch.randint(0, 256, (1, 3, size, size), dtype=torch.uint8, device=settings.device)
+    if settings.channels_last:
+        image = image.contiguous(memory_format=torch.channels_last)
+    budget: list[float] = []
+
+    def ours() -> float:
+        speed = measure_fps(
+            model,
+            size=size,
+            n_images=args.fps_images,
+            warmup=5,
+            device=settings.device,
+            channels_last=settings.channels_last,
+            amp=settings.amp_dtype is not None,
+        )
+        budget.append(args.fps_images / speed.fps)
+        return 1.0 / speed.fps  # seconds per image (median)
+
+    def independent() -> float:
+        timer = benchmark.Timer(
+            stmt="model(image).argmax(1)",
+            globals={"model": model, "image": image},
+            num_threads=torch.get_num_threads(),  # the Timer's default is 1 thread
+            label="bench-pipeline",
+        )
+        with torch.inference_mode(), settings.autocast():
+            measurement = timer.blocked_autorange(min_run_time=max(budget[-1] if budget else 2, 1))
+        return measurement.median
+
+    times = interleave(
+        {"measure_fps (ours, median)": ours, "torch.utils.benchmark (median)": independent},
+        settings.rounds,
+    )
+    note = f"batch 1, uint8 input, forward + argmax, {torch.get_num_threads()} threads"
+    for path, seconds in times.items():
+        report.add(Row("fps", name, size, path, seconds, 1, "image", note))
+    ours_t, ref_t = times.values()
+    value, detail = paired_ratio(ref_t, ours_t)
+    report.ratios.append(
+        Ratio(
+            "fps ours/independent",
+            f"{name} {size}px",
+            value,
+            "fps/independent",
+            f"{1 / statistics.median(ours_t):.3f} vs {1 / statistics.median(ref_t):.3f} fps "
+            f"(medians); {detail}",
+        )
+    )
+    gc.collect()
+
