@@ -6,12 +6,14 @@ the project (pyspng, OpenCV, pywuffs) are timed when installed and listed as mis
 
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/decoders.py [PNG or folder ...] [--passes 3]
 
-Default files: the real LoveDA sample's images (``../shared/loveda_sample/Train/Rural``).
+Default files: the Train/Rural images of the real LoveDA sample, found as the pipeline benchmark
+finds it (``$LOVEDA_SAMPLE``, else its default beside the repository).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -23,7 +25,12 @@ from PIL import Image
 from loveda_utils.data.pngio import read_png, read_png_pillow
 from loveda_utils.paths import PROJECT_ROOT
 
-DEFAULT = PROJECT_ROOT.parent / "shared" / "loveda_sample" / "Train" / "Rural" / "images_png"
+# As benchmarks.pipeline.tiles.DEFAULT_SAMPLE_ROOT: this file runs as a script, without the
+# repository root on sys.path to import it from.
+SAMPLE_ROOT = Path(
+    os.environ.get("LOVEDA_SAMPLE", PROJECT_ROOT.parent / "shared" / "loveda_sample")
+)
+DEFAULT = SAMPLE_ROOT / "Train" / "Rural" / "images_png"
 
 
 def decoders() -> dict[str, Callable[[bytes, Path], np.ndarray] | str]:

@@ -160,4 +160,3 @@ def _run_nchw(model: nn.Module, tiles: Tiles, settings: Settings) -> float:
     finally:
         if settings.channels_last:
             model.to(memory_format=torch.channels_last)
-

@@ -56,6 +56,7 @@ DEFAULT_TORCHGEO_MODEL = "unet_resnet18"
 
 def _csv(kind: Callable[[str], Any]) -> Callable[[str], list[Any]]:
     """An argparse type for comma-separated values of ``kind``."""
+
     def parse(text: str) -> list[Any]:
         try:
             return [kind(t.strip()) for t in text.split(",") if t.strip()]

@@ -74,4 +74,3 @@ def measure_fps_check(report: Report, args: argparse.Namespace, settings: Settin
         )
     )
     gc.collect()
-

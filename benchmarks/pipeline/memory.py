@@ -90,9 +90,7 @@ def memory_child(spec_json: str) -> None:
         "rss_last_batch_gb": rss_batches[-1],
         "peak_rss_gb": rss_gb("VmHWM") if hwm else peak_rss_gb(),
         "peak_source": "VmHWM from the model on" if hwm else "ru_maxrss",
-        "peak_worker_rss_gb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-        * scale
-        / GB,
+        "peak_worker_rss_gb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * scale / GB,
         "cuda_peak_gb": torch.cuda.max_memory_allocated(device) / GB
         if device.type == "cuda"
         else None,
@@ -162,7 +160,6 @@ def measure_memory(
             ", ".join(f"{n}: {p[key]:.3f} GiB" for n, p in peaks.items()),
         )
     )
-
 
 
 if __name__ == "__main__":  # the fresh process of measure_memory

@@ -35,8 +35,8 @@ class Settings:
     rounds: int
     channels_last: bool
     amp_dtype: torch.dtype | None
-    threads: int = 1
-    cpus: int = 1
+    threads: int
+    cpus: int
 
     def autocast(self) -> contextlib.AbstractContextManager:
         return autocast(self.device, self.amp_dtype)

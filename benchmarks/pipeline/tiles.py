@@ -135,4 +135,3 @@ class TileStore:
 
 def _scene_of(image_path: str | Path) -> str:
     return Path(image_path).parent.parent.name
-

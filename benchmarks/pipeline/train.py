@@ -201,4 +201,3 @@ def _lightning_overhead(fit: Callable[[], float], steps: int, step_seconds: floa
         f"profiled fit (setup and teardown included), {100 * per_step / step_seconds:.2f}% of "
         f"a {1000 * step_seconds:.0f} ms step"
     )
-

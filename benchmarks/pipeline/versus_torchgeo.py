@@ -247,4 +247,3 @@ def measure_torchgeo(
             f"{single[slow] / min(ours_t):.3f}"
         )
         gc.collect()
-

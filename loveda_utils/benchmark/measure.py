@@ -1,6 +1,6 @@
 """Measurements for the table: inference speed, training memory, parameters, FLOPs, device.
 
-Protocol (DESIGN.md section 3, MMSeg-compatible):
+Protocol (README, "The protocol"; MMSeg-compatible):
 
 * **Inf time (fps)**: batch 1 at the evaluation resolution (1024x1024), ``warmup`` untimed passes,
   then ``n_images`` timed ones; each timed pass is model forward + argmax with the device
@@ -88,7 +88,8 @@ def measure_fps(
 
 
 def count_params(model: nn.Module) -> float:
-    """Parameters in millions (every tensor that would be saved, trainable or not)."""
+    """Parameters in millions: every parameter, trainable or frozen (buffers such as
+    BatchNorm's running statistics are not parameters and not counted)."""
     return sum(p.numel() for p in model.parameters()) / 1e6
 
 

@@ -43,7 +43,7 @@ VERSIONED = ("torch", "torchvision", "torchgeo", "segmentation-models-pytorch", 
 
 @dataclass
 class BenchmarkConfig:
-    """The parameters of ``03_benchmark.ipynb`` (names from DESIGN.md section 4).
+    """The parameters of ``03_benchmark.ipynb`` (the names of its papermill ``parameters`` cell).
 
     Defaults follow MMSeg's LoveDA protocol (meant for a GPU): 80k iterations at batch 16 with
     512 px crops, SGD lr 0.01, whole-tile evaluation on Val plus ms+flip, fps at 1024 px.
@@ -285,7 +285,7 @@ class BenchmarkRun:
     # -- 4. measurements -----------------------------------------------------------------------
 
     def measure(self) -> dict[str, Any]:
-        """fps (median, spread), parameters and FLOPs, as in DESIGN.md section 3."""
+        """fps (median, spread), parameters and FLOPs, as in README, "The protocol"."""
         c = self.config
         model = self._model()
         size = c.fps_size or self.datamodule.eval_tile_size()[0]

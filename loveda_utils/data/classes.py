@@ -89,7 +89,7 @@ def raw_to_train(mask: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
     raw = np.asarray(mask, dtype=np.uint8)
     if IGNORE_INDEX == 255 and raw.size and int(raw.max()) <= NUM_CLASSES:
         # Every value valid (as in every released mask): one uint8 subtraction does the mapping,
-        # no-data 0 wrapping round to 255. 0.04 ms instead of the table's 1.7 ms per 1024 px mask.
+        # no-data 0 wrapping round to 255; far cheaper than the table (benchmarks/RESULTS.md).
         return raw - np.uint8(1)
     return _RAW_TO_TRAIN[raw]
 

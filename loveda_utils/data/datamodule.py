@@ -39,9 +39,9 @@ def default_num_workers() -> int:
 
     With CUDA the cores are free to decode PNGs (CPU-bound) while the GPU computes. Without it
     the model's forward/backward already uses ``torch.get_num_threads()`` cores (all of them by
-    default), and workers only compete with it: on the 2-core benchmark machine, 2 workers made
-    evaluation 10-25% and training 40% slower than decoding in the main process
-    (``benchmarks/RESULTS.md``). So the CPU default is the cores torch leaves unused (0 by default).
+    default), and workers only compete with it: on the 2-core benchmark machine, workers made
+    evaluation and training slower than decoding in the main process (``benchmarks/RESULTS.md``).
+    So the CPU default is the cores torch leaves unused (0 by default).
     """
     cores = os.cpu_count() or 1
     if torch.cuda.is_available():
@@ -55,7 +55,8 @@ def collate(samples: Sequence[Sample]) -> dict[str, Any]:
     The dataset hands out images as views of the decoded ``[H, W, 3]`` arrays. Stacking them
     as they are stored is a plain copy and gives a channels-last ``[B, 3, H, W]`` batch, the
     layout the model runs in on the CPU; ``default_collate`` would transpose every tile to
-    NCHW (1.5 ms per 1024 px tile here) and the evaluation would transpose it back (3 ms).
+    NCHW and the evaluation would transpose it back (both copies timed in
+    ``benchmarks/RESULTS.md``).
     Images in any other layout (e.g. after a resizing transform) are stacked as usual. A batch
     of one sample in the main process (MMSeg evaluates one tile at a time) is a view of the
     sample: no copy at all.
@@ -86,10 +87,10 @@ class ReadAhead(Dataset):
     turn (PNG decoders release the GIL), and it returns only when all are done, so nothing
     decodes during the following forward passes, which it serves from that buffer.
 
-    Why bursts of several tiles per thread: on the benchmark VM two threads decoding side by
-    side ran only ~1.5x as fast as one, and bursts of 2 tiles saved nothing at 512 px while
-    bursts of 8 did (``benchmarks/RESULTS.md``); a thread's wake-up (0.1-0.2 ms measured) is
-    paid once per burst.
+    Why bursts of several tiles per thread: two threads decoding side by side run well short of
+    twice as fast as one, bursts of 2 tiles saved nothing at 512 px while bursts of 8 did, and a
+    thread's wake-up is paid once per burst (measured: ``benchmarks/RESULTS.md``, "Tried, did
+    not pay").
 
     For evaluation: samples are produced in the threads, transforms included, so the transforms
     must be deterministic (random augmentation would draw in a different order). Each sample

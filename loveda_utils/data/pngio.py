@@ -1,9 +1,9 @@
 """Reading LoveDA's PNG tiles: libpng + zlib-ng through imagecodecs, Pillow for anything else.
 
 Decoding is the one cost of evaluation that the model does not pay: on a CPU whose cores the
-forward pass already keeps busy it adds straight to every tile. For a real 1024 px LoveDA image
-Pillow needs 29 ms and imagecodecs' ``png_decode`` 15 ms, with the same pixels
-(``benchmarks/decoders.py``, table in ``benchmarks/RESULTS.md``). It takes the two formats
+forward pass already keeps busy it adds straight to every tile. imagecodecs' ``png_decode``
+decodes real LoveDA tiles faster than Pillow, with the same pixels (``benchmarks/decoders.py``;
+its table in ``benchmarks/RESULTS.md``, "PNG decoders compared"). It takes the two formats
 LoveDA uses (8-bit RGB images, 8-bit greyscale masks, read from the IHDR chunk first); every
 other PNG (palette, 16-bit, alpha, transparency) goes through Pillow exactly as before
 (:func:`read_png_pillow`), so both readers give the same arrays for any file.

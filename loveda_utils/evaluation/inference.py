@@ -303,10 +303,10 @@ def _progress(iterable: Iterable[Any], enabled: bool, total: int | None) -> Iter
 def labels_from_logits(logits: torch.Tensor) -> torch.Tensor:
     """``logits.argmax(dim=1)`` (the first maximum on ties), without the CPU's slow case.
 
-    On the CPU, ``argmax`` over the class dimension of NCHW logits is a strided reduction:
-    23 ms for one 512 px, 7-class tile here (80 ms at 1024 px), against 1.2 ms when the
-    logits are channels-last. For NCHW logits the labels come from ``amax``, which is
-    vectorised across the row, and one compare: 0.9 ms, the same labels (as uint8).
+    On the CPU, ``argmax`` over the class dimension of NCHW logits is a strided reduction, far
+    slower than over channels-last logits. For NCHW logits the labels come from ``amax``, which
+    is vectorised across the row, and one compare: the same labels (as uint8), at about the
+    cost of the channels-last ``argmax`` (timings: ``benchmarks/RESULTS.md``).
     Channels-last logits, other devices and NaN logits (``amax`` would hide them) take
     ``argmax`` itself.
     """
@@ -365,7 +365,7 @@ def evaluate(
             ``True``: on for any device; ``False``: off; a dtype: on with that dtype.
         channels_last: run the model and the images in channels-last memory format (the
             model is converted for the call and converted back after). ``None``: on for the
-            CPU (oneDNN convolutions: 1.4-2x faster, see benchmarks/RESULTS.md) and for CUDA
+            CPU (oneDNN's faster convolutions, see benchmarks/RESULTS.md) and for CUDA
             under AMP (tensor cores); off otherwise.
         limit_images: stop after this many images (the last batch is cut).
         save_predictions_dir: write each prediction as PNG (raw LoveDA values 1..7) to
