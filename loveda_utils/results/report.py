@@ -63,6 +63,8 @@ def readme_target(
     ``readme_path`` is rewritten (it must exist and hold the markers). With ``readme=False``, no
     README.
     """
+    if not isinstance(readme, bool):  # the README's path moved to readme_path
+        raise TypeError(f"readme={readme!r}: pass True/False, and a README file as readme_path")
     if not readme:
         return None
     own_results = _same(results_dir, paths.RESULTS_DIR)

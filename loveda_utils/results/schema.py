@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -178,19 +178,22 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
+#: The JSON type each kind holds (fractions and times get their extra check below).
+_KIND_CHECKS: dict[str, Callable[[Any], bool]] = {
+    "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
+    "float": _is_number,
+    "fraction": _is_number,
+    "str": lambda v: isinstance(v, str),
+    "bool": lambda v: isinstance(v, bool),
+    "time": lambda v: isinstance(v, str),
+    "list[str]": lambda v: isinstance(v, list | tuple) and all(isinstance(s, str) for s in v),
+    "object": lambda v: isinstance(v, dict),
+}
+
+
 def _kind_problem(value: Any, kind: Kind, where: str) -> str | None:
     """Why ``value`` (not None) is not of ``kind``, or None when it is."""
-    ok = {
-        "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
-        "float": _is_number,
-        "fraction": _is_number,
-        "str": lambda v: isinstance(v, str),
-        "bool": lambda v: isinstance(v, bool),
-        "time": lambda v: isinstance(v, str),
-        "list[str]": lambda v: isinstance(v, list | tuple) and all(isinstance(s, str) for s in v),
-        "object": lambda v: isinstance(v, dict),
-    }[kind](value)
-    if not ok:
+    if not _KIND_CHECKS[kind](value):
         return f"{where} is {type(value).__name__} {value!r:.40}, expected {kind}"
     if kind == "fraction" and not 0.0 <= value <= 1.0:
         return f"{where} = {value!r} is outside [0, 1] (IoU values are fractions, not percent)"
@@ -205,7 +208,7 @@ def _kind_problem(value: Any, kind: Kind, where: str) -> str | None:
 def _key_problems(obj: Mapping[str, Any], fields: Sequence[Field], prefix: str) -> list[str]:
     names = [f.name for f in fields]
     problems = [f"missing field {prefix + n!r}" for n in names if n not in obj]
-    unknown = [k for k in obj if k not in names and not str(k).startswith("_")]
+    unknown = [k for k in obj if k not in names]
     if unknown:
         problems.append(
             f"unknown field(s) {[prefix + str(k) for k in unknown]}: add them to FIELDS in "
@@ -263,7 +266,8 @@ def validate_record(record: Any) -> list[str]:
     schema = record.get("schema")
     if isinstance(schema, int) and not isinstance(schema, bool) and schema != RECORD_SCHEMA:
         return [f"schema is {schema}, this version reads schema {RECORD_SCHEMA}"]
-    return _key_problems(record, FIELDS, "") + _value_problems(record, FIELDS, "")
+    fields = {k: v for k, v in record.items() if not str(k).startswith("_")}
+    return _key_problems(fields, FIELDS, "") + _value_problems(fields, FIELDS, "")
 
 
 def check_record_keys(record: Record) -> Record:

@@ -128,6 +128,8 @@ def test_report_of_the_projects_results_rewrites_its_readme(project: Path) -> No
     assert write_report(results, readme=False).keys() == {"markdown", "csv"}
     assert readme.read_bytes() == README.encode("utf-8")
     assert readme_target(results) == readme
+    with pytest.raises(TypeError, match="readme_path"):  # a path where the switch goes
+        write_report(results, readme=readme)  # type: ignore[arg-type]
     assert main(["report"]) == 0  # the CLI's default: the project's results/ and its README
     text = readme.read_text(encoding="utf-8")
     assert "old table" not in text and f"(results/runs/{run.name}/checkpoints/last.ckpt)" in text

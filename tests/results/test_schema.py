@@ -97,6 +97,8 @@ def test_check_record_keys() -> None:
         check_record_keys({k: v for k, v in make_record().items() if k != "final_loss"})
     with pytest.raises(RecordError, match=r"unknown field\(s\) \['miou_ci'\]"):
         check_record_keys(make_record(miou_ci=None))
+    with pytest.raises(RecordError, match="_run_dir"):  # the reader's key is not written
+        check_record_keys({**make_record(), "_run_dir": "runs/x"})
     # Types are the validator's business: the builder check only guards the key set.
     assert check_record_keys(make_record(fps="fast"))["fps"] == "fast"
 
