@@ -110,35 +110,31 @@ def _report_args(p: argparse.ArgumentParser) -> None:
     readme.add_argument("--readme", default=None,
                         help="README whose section between <!-- results:start --> and "
                              "<!-- results:end --> gets the table (default: the repository's "
-                             "README.md, skipped when absent)")
+                             "README.md, only for the repository's own results/)")
     readme.add_argument("--no-readme", action="store_true", help="leave every README alone")
 
 
-@command("report", "rebuild the results table (benchmark.md/.csv) and the README section from the "
-         "run records", _report_args)
+@command("report", "rebuild the results table (benchmark.md/.csv) and, for the repository's own "
+         "results/, the README section from the run records", _report_args)
 def report(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from . import paths
-    from .results.records import load_records, write_report
+    from .results.report import write_report
+    from .results.store import load_records
 
     results_dir = Path(args.results_dir) if args.results_dir else paths.RESULTS_DIR
     if not results_dir.is_dir():
         print(f"error: results dir {results_dir} does not exist; run the benchmark first "
               "(python -m loveda_utils run-suite) or pass --results-dir", file=sys.stderr)
         return 2
-    readme = None
-    if args.readme:
-        readme = Path(args.readme)  # an explicit README must exist and hold the markers
-    elif not args.no_readme:
-        readme = paths.PROJECT_ROOT / "README.md"
-        if not readme.is_file():
-            print(f"note: {readme} not found; only the results folder is updated", file=sys.stderr)
-            readme = None
-    written = write_report(results_dir, readme=readme)
+    written = write_report(results_dir, readme=not args.no_readme, readme_path=args.readme)
     print(written["markdown"].read_text(encoding="utf-8"))
     for problem in load_records(results_dir)[1]:
-        print(f"damaged record: {problem}", file=sys.stderr)
+        print(f"damaged record in {results_dir}: {problem}", file=sys.stderr)
+    if not args.no_readme and "readme" not in written:
+        print(f"note: no README updated: the repository's README shows only {paths.RESULTS_DIR} "
+              "(when present); pass --readme FILE for another README", file=sys.stderr)
     print("written: " + ", ".join(str(p) for p in written.values()))
     return 0
 

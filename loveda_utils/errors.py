@@ -39,3 +39,7 @@ class CheckpointError(LoveDAError, ValueError):
 
 class ConfigError(LoveDAError, ValueError):
     """A bad parameter value (crop larger than the tile, unknown profile, ...)."""
+
+
+class RecordError(LoveDAError, ValueError):
+    """A results record that does not match the record schema (``loveda_utils/results/schema.py``)."""

@@ -30,7 +30,8 @@ from ..evaluation.inference import evaluate
 from ..files import write_json_atomic
 from ..models.registry import get_spec
 from ..paths import PROJECT_ROOT, RESULTS_DIR
-from ..results.records import RECORD_SCHEMA, claim_run_dir, run_group_for, validate_record
+from ..results.schema import RECORD_SCHEMA, check_record_keys, validate_record
+from ..results.store import claim_run_dir, run_group_for, unfinished_run
 from ..runtime import default_channels_last, resolve_device
 from ..training.callbacks import PeakMemoryMonitor
 from ..training.task import SegmentationTask, build_trainer, last_checkpoint, load_task
@@ -152,13 +153,9 @@ class BenchmarkRun:
     def _run_dir(self, group: str) -> Path:
         c = self.config
         results = Path(c.results_dir) if c.results_dir else RESULTS_DIR
-        if c.run_name:
-            # A folder without a record is this run's own: pre-claimed by the suite, or left by an
-            # interrupted run that we now resume. A folder with a record is never written again.
-            existing = results / "runs" / c.run_name
-            if existing.is_dir() and not (existing / "metrics.json").exists():
-                return existing
-        return claim_run_dir(results, group, c.run_name)
+        # A folder without a record is this run's own (pre-claimed by the suite, or left by an
+        # interrupted run that we now resume); one with a record is never written again.
+        return unfinished_run(results, c.run_name) or claim_run_dir(results, group, c.run_name)
 
     def _inspect_checkpoint(self) -> dict[str, Any]:
         path = Path(self.config.checkpoint)
@@ -263,7 +260,7 @@ class BenchmarkRun:
     def plot_visuals(self):
         """Image, ground truth, this model's prediction and its error map on the comparison
         tiles (the figure the results notebook draws for every model side by side)."""
-        from ..visuals.plots import TilePredictions, plot_prediction_grid, read_prediction
+        from ..visuals.comparison import TilePredictions, plot_prediction_grid, read_prediction
 
         base = _base(self.datamodule.eval_dataset)
         rows = []
@@ -310,7 +307,7 @@ class BenchmarkRun:
         speed = f["speed"]
         dataset = self.datamodule.describe()
         dataset["n_images"] = single.n_images
-        return {
+        return check_record_keys({
             "schema": RECORD_SCHEMA,
             "run_name": self.run_dir.name,
             "run_group": f["run_group"],
@@ -354,7 +351,7 @@ class BenchmarkRun:
             "versions": versions(),
             "seed": c.seed,
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        }
+        })
 
     def write_record(self) -> Path:
         """Write ``metrics.json`` atomically, after checking it against the contract."""

@@ -35,14 +35,14 @@ from ..data.synthetic import is_synthetic
 from ..errors import ConfigError
 from ..models.registry import get_spec
 from ..paths import NOTEBOOKS_DIR, PROJECT_ROOT, RESULTS_DIR
-from ..results.records import (
+from ..results.report import render_comparison, write_report
+from ..results.store import (
     METRICS_FILE,
     NOTEBOOK_FILE,
     claim_run_dir,
     completed_runs,
-    render_comparison,
     run_group_for,
-    write_report,
+    unfinished_group_run,
 )
 
 BENCHMARK_NOTEBOOK = NOTEBOOKS_DIR / "03_benchmark.ipynb"
@@ -163,18 +163,6 @@ class Job:
         return self.run_dir / NOTEBOOK_FILE if self.run_dir else None
 
 
-def _unfinished_dir(results_dir: Path, run_group: str) -> Path | None:
-    """The newest folder of the group without a record: an interrupted run to resume."""
-    runs = results_dir / "runs"
-    candidates = [runs / run_group] + sorted(runs.glob(f"{run_group}-r*"),
-                                             key=lambda p: int(p.name.rsplit("-r", 1)[1])
-                                             if p.name.rsplit("-r", 1)[1].isdigit() else 0)
-    existing = [p for p in candidates if p.is_dir()]
-    if existing and not (existing[-1] / METRICS_FILE).exists():
-        return existing[-1]
-    return None
-
-
 def plan(
     profile: str | Profile,
     models: Sequence[str] | None,
@@ -200,7 +188,7 @@ def plan(
             job.status, job.run_dir = "skipped", done[-1]
             job.message = f"already done: {done[-1] / METRICS_FILE} (use --force to run again)"
         else:
-            job.run_dir = _unfinished_dir(results_dir, group) or claim_run_dir(results_dir, group)
+            job.run_dir = unfinished_group_run(results_dir, group) or claim_run_dir(results_dir, group)
         params["run_name"] = job.run_dir.name
         jobs.append(job)
     return jobs
@@ -322,8 +310,8 @@ def run_suite(
 
     result = SuiteResult(jobs)
     if render:
-        has_readme = readme is not None and Path(readme).is_file()
-        result.report = write_report(results, readme=readme if has_readme else None)
+        # The repository's README only ever shows the project's own results/ (write_report).
+        result.report = write_report(results, readme=readme is not None, readme_path=readme)
         log(f"table: {result.report.get('markdown')}")
         try:
             result.rendered = render_comparison(results, data_root=root)

@@ -16,7 +16,8 @@ from loveda_utils.cli import main as cli
 from loveda_utils.data.classes import raw_to_train
 from loveda_utils.evaluation.metrics import ConfusionMatrix
 from loveda_utils.paths import NOTEBOOKS_DIR
-from loveda_utils.results.records import load_records, validate_record
+from loveda_utils.results.schema import validate_record
+from loveda_utils.results.store import load_records
 
 pytestmark = pytest.mark.slow
 

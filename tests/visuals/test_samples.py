@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from loveda_utils.data.dataset import LoveDASegmentation
-from loveda_utils.visuals.plots import plot_sample
+from loveda_utils.visuals.samples import plot_sample
 
 
 def test_plot_sample(tiny_tree: Path) -> None:

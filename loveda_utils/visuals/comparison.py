@@ -1,156 +1,36 @@
-"""Figures: palette overlays, sample plots, model comparisons and error maps.
+"""Figures comparing models: per-class heatmap, urban vs rural, mIoU vs speed, prediction grids.
 
-Colours come from :mod:`loveda_utils.data.classes` (MMSeg's LoveDA palette), so every figure in the
-workbook agrees with MMSeg's visuals.
+Notebook 04 (results comparison) draws them from the results records
+(:mod:`loveda_utils.results.table` selects and names the rows); ``03_benchmark.ipynb`` draws one
+model's :func:`plot_prediction_grid`. Error maps are green where a prediction is correct, red
+where it is wrong and black where the ground truth is no-data.
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import matplotlib.pyplot as plt
 import numpy as np
+import pandas as pd
 import torch
 from matplotlib.figure import Figure
 
-from ..data.classes import IGNORE_INDEX, colorize
+from ..data.classes import IGNORE_INDEX, colorize, raw_to_train
 from ..data.pngio import read_png
+from ..data.root import resolve_data_root
+from ..data.synthetic import is_synthetic
+from ..results.schema import Record
+from ..results.store import VISUALS_DIR
+from ..results.table import record_labels, scene_table, select_records
+from .samples import legend_handles, rgb_fraction, to_display_rgb
 
-Sample = dict[str, Any]
-
-
-def to_display_rgb(image: torch.Tensor | np.ndarray) -> np.ndarray:
-    """An image as uint8 ``[H, W, 3]`` for display (CHW tensors transposed, floats stretched)."""
-    image = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
-    if image.ndim == 3 and image.shape[0] == 3:
-        image = image.transpose(1, 2, 0)
-    if image.dtype != np.uint8:  # a normalised or float image: stretch for display
-        lo, hi = np.percentile(image, (1, 99))
-        image = ((image - lo) / max(hi - lo, 1e-6) * 255).clip(0, 255).astype(np.uint8)
-    return image
-
-
-def overlay(image: torch.Tensor | np.ndarray, labels: torch.Tensor | np.ndarray, alpha: float = 0.5) -> np.ndarray:
-    """Blend the palette-coloured labels over the image; ignored pixels keep the image."""
-    rgb = to_display_rgb(image).astype(np.float32)
-    labels = labels.detach().cpu().numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels)
-    colours = colorize(labels).astype(np.float32)
-    keep = (labels == IGNORE_INDEX)[..., None]
-    out = np.where(keep, rgb, (1 - alpha) * rgb + alpha * colours)
-    return out.clip(0, 255).astype(np.uint8)
-
-
-def plot_sample(
-    sample: Sample,
-    suptitle: str | None = None,
-    prediction: torch.Tensor | np.ndarray | None = None,
-    alpha: float = 0.5,
-) -> Figure:
-    """Plot a sample (``image`` and optional ``mask``) and an optional prediction."""
-    panels = [("image", to_display_rgb(sample["image"]))]
-    if "mask" in sample:
-        panels += [("mask", colorize(sample["mask"])), ("overlay", overlay(sample["image"], sample["mask"], alpha))]
-    if prediction is not None:
-        panels.append(("prediction", colorize(prediction)))
-    fig, axs = plt.subplots(1, len(panels), figsize=(4 * len(panels), 4), squeeze=False)
-    for ax, (title, picture) in zip(axs[0], panels):
-        ax.imshow(picture)
-        ax.set_title(title)
-        ax.axis("off")
-    title = suptitle or " / ".join(str(sample[k]) for k in ("split", "scene", "name") if k in sample)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    return fig
-
-
-def legend_handles() -> list:
-    """Legend patches for the palette (one per class, plus no-data)."""
-    from matplotlib.patches import Patch
-
-    from ..data.classes import CLASS_NAMES, IGNORE_COLOR, PALETTE
-
-    handles = [Patch(facecolor=np.array(c) / 255, edgecolor="grey", label=n) for n, c in zip(CLASS_NAMES, PALETTE)]
-    handles.append(Patch(facecolor=np.array(IGNORE_COLOR) / 255, edgecolor="grey", label="no-data"))
-    return handles
-
-
-def plot_class_frequencies(frequencies, split: str | None = None) -> Figure:
-    """Bar chart of class shares of the labelled pixels, urban vs rural, plus the no-data share.
-
-    ``frequencies``: the frame from :func:`loveda_utils.data.validation.class_frequencies`.
-    """
-    from ..data.classes import CLASS_NAMES, PALETTE
-
-    df = frequencies if split is None else frequencies[frequencies.split == split]
-    labelled = df[df["class"] != "no-data"].groupby(["class", "scene"])["pixels"].sum().unstack("scene")
-    labelled = labelled.reindex(list(CLASS_NAMES)).fillna(0)
-    shares = labelled / labelled.sum(axis=0).replace(0, np.nan)
-    nodata = df[df["class"] == "no-data"].groupby("scene")["pixels"].sum() / df.groupby("scene")["pixels"].sum()
-    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12, 4), gridspec_kw={"width_ratios": [4, 1]})
-    scenes = list(shares.columns)
-    width = 0.8 / max(1, len(scenes))
-    x = np.arange(len(CLASS_NAMES))
-    for i, scene in enumerate(scenes):
-        ax.bar(x + i * width, 100 * shares[scene].to_numpy(), width, label=scene,
-               color=[np.array(c) / 255 for c in PALETTE], edgecolor="black", hatch="" if i == 0 else "//")
-    ax.set_xticks(x + width * (len(scenes) - 1) / 2, CLASS_NAMES, rotation=30)
-    ax.set_ylabel("% of labelled pixels")
-    ax.set_title("Class frequencies" + (f" ({split})" if split else "") + " - plain: " + scenes[0]
-                 + ("" if len(scenes) < 2 else f", hatched: {scenes[1]}"))
-    ax2.bar(nodata.index, 100 * nodata.to_numpy(), color="black")
-    ax2.set_title("no-data share (%)")
-    fig.tight_layout()
-    return fig
-
-
-def plot_samples(dataset, indices: list[int], alpha: float = 0.5) -> Figure:
-    """Rows of image | mask | overlay for a few tiles of a dataset, with the palette legend."""
-    fig, axs = plt.subplots(len(indices), 3, figsize=(10, 3.3 * len(indices)), squeeze=False)
-    for row, index in zip(axs, indices):
-        sample = dataset[index]
-        row[0].imshow(to_display_rgb(sample["image"]))
-        row[0].set_title(f"{sample['split']}/{sample['scene']}/{sample['name']}")
-        if "mask" in sample:
-            row[1].imshow(colorize(sample["mask"]))
-            row[2].imshow(overlay(sample["image"], sample["mask"], alpha))
-        for ax in row:
-            ax.axis("off")
-    axs[0][1].set_title("mask")
-    axs[0][2].set_title("overlay")
-    fig.legend(handles=legend_handles(), loc="lower center", ncol=8, frameon=False)
-    fig.tight_layout(rect=(0, 0.04, 1, 1))
-    return fig
-
-
-def plot_pipeline_draws(sample: Sample, pipeline, draws: int = 4, seed: int = 0, alpha: float = 0.5) -> Figure:
-    """The same tile through a random pipeline ``draws`` times: image over mask overlay, per draw.
-
-    Image and mask stay aligned when the overlay's colour edges sit on the image's edges.
-    """
-    generator_state = torch.random.get_rng_state()
-    torch.manual_seed(seed)
-    try:
-        outs = [pipeline(dict(sample)) for _ in range(draws)]
-    finally:
-        torch.random.set_rng_state(generator_state)
-    fig, axs = plt.subplots(3, draws + 1, figsize=(3 * (draws + 1), 9), squeeze=False)
-    columns = [("original", sample), *[(f"draw {i + 1}", o) for i, o in enumerate(outs)]]
-    for col, (title, s) in enumerate(columns):
-        axs[0][col].imshow(to_display_rgb(s["image"]))
-        axs[0][col].set_title(f"{title} {tuple(s['image'].shape[-2:])}")
-        axs[1][col].imshow(colorize(s["mask"]))
-        axs[2][col].imshow(overlay(s["image"], s["mask"], alpha))
-        for r in range(3):
-            axs[r][col].axis("off")
-    for r, name in enumerate(["image", "mask", "overlay"]):
-        axs[r][0].text(-0.08, 0.5, name, transform=axs[r][0].transAxes, rotation=90, va="center", ha="right")
-    fig.tight_layout()
-    return fig
-
-
-# -- results comparison (notebook 04) ------------------------------------------------------------
+#: A tile: ``"Split/Scene/name.png"`` or ``(split, scene, name)``.
+Tile = str | tuple[str, str, str]
 
 #: Error-map colours: correct, wrong, ignored (no-data in the ground truth).
 ERROR_COLORS: tuple[tuple[int, int, int], ...] = ((46, 160, 67), (214, 39, 40), (0, 0, 0))
@@ -164,10 +44,10 @@ def _empty_figure(message: str) -> Figure:
     return fig
 
 
-def plot_per_class_heatmap(per_class_df) -> Figure:
+def plot_per_class_heatmap(per_class_df: pd.DataFrame | None) -> Figure:
     """Heatmap of per-class IoU (%): models (rows) x classes (columns), each cell annotated.
 
-    ``per_class_df``: :func:`loveda_utils.results.records.per_class_table`; its ``mIoU`` column, when
+    ``per_class_df``: :func:`loveda_utils.results.table.per_class_table`; its ``mIoU`` column, when
     present, is set off from the classes by a white line.
     """
     if per_class_df is None or per_class_df.empty:
@@ -199,13 +79,11 @@ def plot_per_class_heatmap(per_class_df) -> Figure:
     return fig
 
 
-def plot_scene_comparison(records) -> Figure:
+def plot_scene_comparison(records: Sequence[Record]) -> Figure:
     """Urban vs rural mIoU (%) per model, as grouped bars (newest record per run group).
 
     Bars of synthetic (mini-LoveDA) runs are hatched, besides the † in their label.
     """
-    from ..results.records import scene_table, select_records
-
     table = scene_table(records)
     if table.empty:
         return _empty_figure("no runs to compare yet")
@@ -235,13 +113,11 @@ def plot_scene_comparison(records) -> Figure:
     return fig
 
 
-def plot_miou_vs_fps(records) -> Figure:
+def plot_miou_vs_fps(records: Sequence[Record]) -> Figure:
     """mIoU (%) against inference speed (fps, log scale), one labelled point per model.
 
     Synthetic (mini-LoveDA) points are hollow grey squares, real LoveDA points filled circles.
     """
-    from ..results.records import record_labels, select_records
-
     chosen = [
         r
         for r in select_records(records, latest_only=True)
@@ -251,8 +127,8 @@ def plot_miou_vs_fps(records) -> Figure:
         return _empty_figure("no runs with both mIoU and fps yet")
     labels = record_labels(chosen)
     fig, ax = plt.subplots(figsize=(7, 5))
-    real = {"marker": "o", "color": "tab:blue", "label": "LoveDA"}
-    fake = {"marker": "s", "facecolors": "none", "edgecolors": "grey"}
+    real: dict[str, Any] = {"marker": "o", "color": "tab:blue", "label": "LoveDA"}
+    fake: dict[str, Any] = {"marker": "s", "facecolors": "none", "edgecolors": "grey"}
     fake["label"] = "mini-LoveDA (synthetic, not LoveDA)"
     for synthetic, style in ((False, real), (True, fake)):
         points = [
@@ -293,22 +169,31 @@ def error_map(prediction: np.ndarray, target: np.ndarray) -> np.ndarray:
     return colours[kind]
 
 
-def _tile_key(tile) -> tuple[str, str, str]:
+def _tile_key(tile: Tile) -> tuple[str, str, str]:
     """``"Val/Urban/12.png"`` or ``("Val", "Urban", "12.png")`` -> the tuple."""
     parts = tuple(tile.replace("\\", "/").split("/")) if isinstance(tile, str) else tuple(tile)
     if len(parts) != 3:
         raise ValueError(f"tile {tile!r} must be 'Split/Scene/name.png' or (split, scene, name)")
-    return parts
+    split, scene, name = parts
+    return split, scene, name
 
 
-def _visual_tiles(run_dir) -> set[tuple[str, str, str]]:
-    from pathlib import Path
+def _train_labels(mask_path: Path) -> np.ndarray:
+    """A raw LoveDA mask file as training labels."""
+    return np.asarray(raw_to_train(read_png(mask_path, "mask")))
 
-    folder = Path(run_dir) / "visuals"
+
+def _visual_tiles(run_dir: str | os.PathLike[str]) -> set[tuple[str, str, str]]:
+    folder = Path(run_dir) / VISUALS_DIR
     return {(p.parent.parent.name, p.parent.name, p.name) for p in folder.glob("*/*/*.png")}
 
 
-def plot_prediction_comparison(data_root, records, tiles=None, max_tiles: int = 4) -> Figure:
+def plot_prediction_comparison(
+    data_root: str | os.PathLike[str] | None,
+    records: Sequence[Record],
+    tiles: Sequence[Tile] | None = None,
+    max_tiles: int = 4,
+) -> Figure:
     """The same tiles for every model: image | ground truth | each model's prediction | each
     model's error map (green correct, red wrong, black ignored).
 
@@ -321,13 +206,6 @@ def plot_prediction_comparison(data_root, records, tiles=None, max_tiles: int = 
         tiles: ``"Split/Scene/name.png"`` strings or tuples; None: the tiles present in every
             compared run's visuals (sorted), the first ``max_tiles``.
     """
-    from pathlib import Path
-
-    from ..data.classes import raw_to_train
-    from ..data.root import resolve_data_root
-    from ..data.synthetic import is_synthetic
-    from ..results.records import record_labels, select_records
-
     chosen = select_records(records, latest_only=True)
     skipped = []
     with_visuals = []
@@ -343,7 +221,7 @@ def plot_prediction_comparison(data_root, records, tiles=None, max_tiles: int = 
         roots = [Path(r["dataset"]["root"]) for _, r in with_visuals]
         root = next((p for p in roots if p.is_dir()), None) or resolve_data_root(None)
     else:
-        root = resolve_data_root(data_root)
+        root = resolve_data_root(Path(data_root))
     synthetic = is_synthetic(root)
     runs = []
     for label, r in with_visuals:
@@ -372,9 +250,9 @@ def plot_prediction_comparison(data_root, records, tiles=None, max_tiles: int = 
             TilePredictions(
                 title=f"{split}/{scene}/{name}",
                 image=read_png(image_path) if image_path.is_file() else None,
-                target=raw_to_train(read_png(mask_path, "mask")) if mask_path.is_file() else None,
+                target=_train_labels(mask_path) if mask_path.is_file() else None,
                 predictions=[
-                    read_prediction(Path(r["_run_dir"]) / "visuals" / split / scene / name)
+                    read_prediction(Path(r["_run_dir"]) / VISUALS_DIR / split / scene / name)
                     for _, r in runs
                 ],
             )
@@ -399,19 +277,15 @@ class TilePredictions:
     predictions: list[np.ndarray | str]
 
 
-def read_prediction(path) -> np.ndarray | str:
+def read_prediction(path: str | os.PathLike[str]) -> np.ndarray | str:
     """A saved prediction (raw LoveDA values, ``visuals/<Split>/<Scene>/<name>``) as training
     labels, or why it cannot be shown."""
-    from pathlib import Path
-
-    from ..data.classes import raw_to_train
-
     if not Path(path).is_file():
         return "missing"
-    prediction = read_png(path, "mask")
+    prediction = read_png(Path(path), "mask")
     if prediction.ndim != 2:  # visuals hold raw labels, not colour pictures
         return "not a label PNG"
-    return raw_to_train(prediction)
+    return np.asarray(raw_to_train(prediction))
 
 
 def plot_prediction_grid(
@@ -426,8 +300,9 @@ def plot_prediction_grid(
         len(rows), n_cols, figsize=(2.6 * n_cols, 2.7 * len(rows) + 1), squeeze=False
     )
     for axes, row in zip(axs, rows):
-        axes[0].set_title(row.title + ("" if row.image is not None else " (image missing)"),
-                          fontsize=8)
+        axes[0].set_title(
+            row.title + ("" if row.image is not None else " (image missing)"), fontsize=8
+        )
         if row.image is not None:
             axes[0].imshow(to_display_rgb(row.image))
         axes[1].set_title("ground truth", fontsize=8)
@@ -446,7 +321,7 @@ def plot_prediction_grid(
         for ax in axes:
             ax.axis("off")
     errors = [
-        Patch(facecolor=np.array(c) / 255, edgecolor="grey", label=n)
+        Patch(facecolor=rgb_fraction(c), edgecolor="grey", label=n)
         for n, c in zip(("correct", "wrong", "ignored"), ERROR_COLORS)
     ]
     fig.legend(

@@ -1,0 +1,90 @@
+"""The results table's protocol footnote, written from what the records say.
+
+Each setting the footnote states (evaluated split and tiles, inference mode, whether ms+flip ran,
+the timing's input size, image count and precision, where the memory figure comes from, the
+FLOPs input size) is read from the rows' records. When the rows agree the footnote states the
+setting once; when they differ it names the rows of each value, so a table mixing protocols says
+so instead of claiming one. Units come from :data:`~loveda_utils.results.schema.FIELDS`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from ..evaluation.inference import MS_FLIP_SCALES
+from .schema import Record, field_named
+
+__all__ = ["protocol_notes"]
+
+
+def _by_setting(values: Sequence[str], labels: Sequence[str]) -> str:
+    """The common value, or ``"a (row1, row2); b (row3)"`` when the rows differ."""
+    groups: dict[str, list[str]] = {}
+    for value, label in zip(values, labels, strict=True):
+        groups.setdefault(value, []).append(label)
+    if len(groups) == 1:
+        return next(iter(groups))
+    return "; ".join(f"{value} ({', '.join(rows)})" for value, rows in groups.items())
+
+
+def _evaluation(record: Mapping[str, Any]) -> str:
+    dataset, config = record["dataset"], record.get("config") or {}
+    if record["eval_mode"] == "slide":
+        window, stride = config.get("slide_window"), config.get("slide_stride")
+        mode = f"sliding-window inference ({window} px windows, stride {stride} px)"
+    else:
+        mode = "whole-tile inference"
+    return f"{dataset['split']} ({dataset['n_images']} tiles), {mode}"
+
+
+def _timing(record: Mapping[str, Any]) -> str:
+    size = record["fps_size"]
+    precision = "mixed precision (autocast)" if record["amp"] else "full precision"
+    return f"{record['fps_images']} images of {size}x{size}, {precision}"
+
+
+def _memory(record: Mapping[str, Any]) -> str:
+    if record.get("mem_gb") is None:
+        return "not measured, checkpoint only evaluated"
+    source = record.get("mem_source") or "source not recorded"
+    precision = record.get("precision") or "precision not recorded"
+    return f"{source}, training batch {record['batch_size']}, precision {precision}"
+
+
+def _flops(record: Mapping[str, Any]) -> str:
+    size = record["flops_size"]
+    return f"1x3x{size}x{size}"
+
+
+def _scales() -> str:
+    return ", ".join(f"{s:g}" for s in MS_FLIP_SCALES)
+
+
+def protocol_notes(records: Sequence[Record], labels: Sequence[str]) -> list[str]:
+    """Footnote lines describing how the numbers of ``records`` (the table's rows, named by
+    ``labels``) were measured; empty when there are no rows."""
+    if not records:
+        return []
+
+    def setting(describe: Callable[[Mapping[str, Any]], str]) -> str:
+        return _by_setting([describe(r) for r in records], labels)
+
+    notes = [
+        "mIoU, Urban/Rural mIoU: IoU per class (no-data pixels ignored) averaged over the "
+        f"classes, in %, on {setting(_evaluation)}.",
+    ]
+    without = [label for r, label in zip(records, labels) if r.get("miou_ms_flip") is None]
+    if len(without) < len(records):
+        not_run = f"; not run for {', '.join(without)}" if without else ""
+        notes.append(
+            f"mIoU(ms+flip): mean softmax over scales {_scales()} of the tile, each also "
+            f"flipped horizontally{not_run}."
+        )
+    notes += [
+        f"Inf time: median ± interquartile range of per-image speed ({field_named('fps').unit}), "
+        f"batch 1, over {setting(_timing)}; Device is the device timed.",
+        f"Mem (GB): peak training memory in {field_named('mem_gb').unit}: {setting(_memory)}.",
+        f"GFLOPs ({field_named('gflops').unit}): one forward pass at {setting(_flops)}.",
+    ]
+    return notes

@@ -1,0 +1,387 @@
+"""The results record's schema: :data:`FIELDS` is the one definition of ``metrics.json``.
+
+Every benchmark run writes one record, ``<results_dir>/runs/<run_name>/metrics.json``. From
+:data:`FIELDS` alone come
+
+- :func:`validate_record`: what a reader accepts (types, nulls, fractions in [0, 1], keys),
+- :func:`check_record_keys`: what the record builder (``loveda_utils/benchmark/run.py``) must
+  write, no key missing and none unknown,
+- the field table of ``docs/CONTRACTS.md`` (:func:`contracts_table`, written between
+  :data:`CONTRACTS_START` and :data:`CONTRACTS_END` by
+  ``python -m loveda_utils.results.schema --write-contracts``; a test fails when it differs).
+
+A new record field is therefore added here, once, and the builder, the reader and the docs follow.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+from ..data.classes import CLASS_NAMES, SCENES, SPLITS
+from ..errors import RecordError
+from ..evaluation.inference import Mode
+from ..files import write_text_atomic
+from ..paths import PROJECT_ROOT
+from .sections import replace_section, section_text
+
+__all__ = [
+    "CONTRACTS_END",
+    "CONTRACTS_FILE",
+    "CONTRACTS_START",
+    "FIELDS",
+    "RECORD_SCHEMA",
+    "Field",
+    "Record",
+    "check_record_keys",
+    "contracts_table",
+    "field_named",
+    "record_created",
+    "validate_record",
+    "write_contracts",
+]
+
+Record = dict[str, Any]
+
+#: Version of the ``metrics.json`` format this package reads and writes.
+RECORD_SCHEMA: int = 1
+#: The contributors' contract whose record table is generated from :data:`FIELDS`.
+CONTRACTS_FILE = PROJECT_ROOT / "docs" / "CONTRACTS.md"
+CONTRACTS_START = "<!-- fields:start -->"
+CONTRACTS_END = "<!-- fields:end -->"
+#: How to regenerate the table (named in every message about a stale CONTRACTS.md).
+REGENERATE = "python -m loveda_utils.results.schema --write-contracts"
+
+#: A field's type. ``fraction``: a number in [0, 1] (IoU values are fractions, not percent);
+#: ``time``: an ISO 8601 string; ``object``: a JSON object (its keys in ``keys`` or ``fields``).
+Kind = Literal["int", "float", "fraction", "str", "bool", "time", "list[str]", "object"]
+
+
+@dataclass(frozen=True)
+class Field:
+    """One field of the record.
+
+    ``keys``/``values``: an object with exactly these keys, each value of kind ``values`` or
+    null. ``fields``: an object whose entries are themselves fields (checked like the record's).
+    An object with neither holds free-form entries (``config``, ``versions``).
+    """
+
+    name: str
+    kind: Kind
+    meaning: str
+    nullable: bool = False
+    unit: str = ""
+    choices: tuple[Any, ...] = ()
+    keys: tuple[str, ...] = ()
+    values: Kind | None = None
+    fields: tuple[Field, ...] = ()
+
+
+_SCENE_KEYS = tuple(s.lower() for s in SCENES)
+_NOT_TRAINED = "null when a checkpoint was only evaluated here"
+
+#: The record's fields, in the order ``docs/CONTRACTS.md`` lists them.
+FIELDS: tuple[Field, ...] = (
+    Field("schema", "int", "record format version", choices=(RECORD_SCHEMA,)),
+    Field("run_name", "str", "the run folder's name: `runs/<run_name>/`"),
+    Field("run_group", "str", "`<model>-<mini|loveda>-<crop_size>px-<lr_schd>it`: runs of one "
+       "group are repeats; the table keeps the newest"),
+    Field("status", "str", "written only once the run completed", choices=("complete",)),
+    Field("model", "str", "registry name (`loveda_utils/models/registry.py`)"),
+    Field("method", "str", "the table's Method (from the registry entry)"),
+    Field("backbone", "str", "the table's Backbone (from the registry entry)"),
+    Field("pretrained", "str", "`none`, `imagenet`, a torchgeo weights name, or a file path"),
+    Field("normalization", "str", "mean/std the model normalises its 0..255 input with; null "
+       "when the model does not state it", nullable=True),
+    Field("crop_size", "int", "training crop side", unit="px"),
+    Field("lr_schd", "int", "training iterations (the checkpoint's global step when it was only "
+       "evaluated here)"),
+    Field("batch_size", "int", "training batch size"),
+    Field("mem_gb", "float", f"peak training memory (`mem_source`); {_NOT_TRAINED}",
+       nullable=True, unit="GiB"),
+    Field("mem_source", "str", "how `mem_gb` was read: `torch.cuda.max_memory_allocated` on CUDA, "
+       f"`peak RSS` (the process's peak resident memory) elsewhere; {_NOT_TRAINED}",
+       nullable=True),
+    Field("fps", "float", "median inference speed at batch 1: forward + argmax on a "
+       "`fps_size` px square, device synchronised, data loading not timed", unit="images/s"),
+    Field("fps_spread", "float", "interquartile range of the per-image fps", unit="images/s"),
+    Field("fps_size", "int", "side of the square input `fps` was timed on", unit="px"),
+    Field("fps_images", "int", "timed images (after untimed warm-up passes)"),
+    Field("device", "str", "name of the device `fps` was timed on (the table's Device)"),
+    Field("precision", "str", "Lightning precision of training (`32-true`, `16-mixed`, ...); "
+       f"{_NOT_TRAINED}", nullable=True),
+    Field("amp", "bool", "whether `fps` was timed under autocast (mixed precision)"),
+    Field("miou", "fraction", "mean IoU over the classes (`eval_mode` inference); null when no "
+       "pixel was evaluated", nullable=True),
+    Field("miou_ms_flip", "fraction", "mIoU with multi-scale + flip test-time augmentation; null "
+       "when not run", nullable=True),
+    Field("accuracy", "fraction", "overall pixel accuracy (MMSeg's aAcc)"),
+    Field("mean_f1", "fraction", "mean F1 (MMSeg's mDice) over the classes"),
+    Field("per_class_iou", "object", "IoU per class; null for a class absent from both "
+       "prediction and ground truth", keys=CLASS_NAMES, values="fraction"),
+    Field("per_class_iou_ms_flip", "object", "`per_class_iou` with ms+flip; null when not run",
+       nullable=True, keys=CLASS_NAMES, values="fraction"),
+    Field("per_scene_miou", "object", "mIoU per scene; null for a scene not evaluated",
+       keys=_SCENE_KEYS, values="fraction"),
+    Field("per_scene_miou_ms_flip", "object", "`per_scene_miou` with ms+flip; null when not run",
+       nullable=True, keys=_SCENE_KEYS, values="fraction"),
+    Field("params_m", "float", "parameters (every tensor a checkpoint saves)", unit="millions"),
+    Field("gflops", "float", "one forward pass at 1x3x`flops_size`x`flops_size`; MMSeg's "
+       "counters report multiply-adds (halve to compare)",
+       unit="1e9 FLOPs, a multiply-add counted as 2"),
+    Field("flops_size", "int", "side of the square input `gflops` was counted at", unit="px"),
+    Field("eval_mode", "str", "`whole`: each tile in one pass; `slide`: overlapping windows "
+       "(`config.slide_window`, `config.slide_stride`)", choices=get_args(Mode)),
+    Field("dataset", "object", "what was evaluated", fields=(
+        Field("root", "str", "the data root, as resolved on the machine that ran"),
+        Field("split", "str", "evaluated split", choices=SPLITS),
+        Field("scenes", "list[str]", "evaluated scenes"),
+        Field("n_images", "int", "evaluated tiles"),
+        Field("synthetic", "bool", "true on the generated mini-LoveDA: never a LoveDA result"),
+    )),
+    Field("train_seconds", "float", f"wall-clock training time; {_NOT_TRAINED}", nullable=True,
+       unit="s"),
+    Field("eval_seconds", "float", "wall-clock time of the single-scale evaluation", nullable=True,
+       unit="s"),
+    Field("final_loss", "float", f"training loss at the last step; {_NOT_TRAINED}",
+       nullable=True),
+    Field("checkpoint", "str", "the trained or evaluated checkpoint (relative to the run folder "
+       "when inside it)", nullable=True),
+    Field("config", "object", "the notebook parameters as run (also in `params.json`)"),
+    Field("git_commit", "str", "the checkout's commit, `-dirty` when files differed from it; null "
+       "outside a git checkout", nullable=True),
+    Field("versions", "object", "{package: version} of the libraries in use"),
+    Field("seed", "int", "random seed"),
+    Field("created", "time", "when the record was written (UTC)"),
+)  # fmt: skip
+
+_BY_NAME = {f.name: f for f in FIELDS}
+
+
+def field_named(name: str) -> Field:
+    """The :class:`Field` called ``name`` (``"dataset.split"`` for a nested one)."""
+    head, _, rest = name.partition(".")
+    found = _BY_NAME[head]
+    return next(f for f in found.fields if f.name == rest) if rest else found
+
+
+# -- checking ------------------------------------------------------------------------------------
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+#: The JSON type each kind holds (fractions and times get their extra check below).
+_KIND_CHECKS: dict[str, Callable[[Any], bool]] = {
+    "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
+    "float": _is_number,
+    "fraction": _is_number,
+    "str": lambda v: isinstance(v, str),
+    "bool": lambda v: isinstance(v, bool),
+    "time": lambda v: isinstance(v, str),
+    "list[str]": lambda v: isinstance(v, list | tuple) and all(isinstance(s, str) for s in v),
+    "object": lambda v: isinstance(v, dict),
+}
+
+
+def _kind_problem(value: Any, kind: Kind, where: str) -> str | None:
+    """Why ``value`` (not None) is not of ``kind``, or None when it is."""
+    if not _KIND_CHECKS[kind](value):
+        return f"{where} is {type(value).__name__} {value!r:.40}, expected {kind}"
+    if kind == "fraction" and not 0.0 <= value <= 1.0:
+        return f"{where} = {value!r} is outside [0, 1] (IoU values are fractions, not percent)"
+    if kind == "time":
+        try:
+            datetime.fromisoformat(value)
+        except ValueError:
+            return f"{where}={value!r} is not an ISO 8601 time"
+    return None
+
+
+def _key_problems(obj: Mapping[str, Any], fields: Sequence[Field], prefix: str) -> list[str]:
+    names = [f.name for f in fields]
+    problems = [f"missing field {prefix + n!r}" for n in names if n not in obj]
+    unknown = [k for k in obj if k not in names]
+    if unknown:
+        problems.append(
+            f"unknown field(s) {[prefix + str(k) for k in unknown]}: add them to FIELDS in "
+            "loveda_utils/results/schema.py (then run " + REGENERATE + ") or stop writing them"
+        )
+    for f in fields:
+        if f.fields and isinstance(obj.get(f.name), dict):
+            problems += _key_problems(obj[f.name], f.fields, f"{prefix}{f.name}.")
+    return problems
+
+
+def _value_problems(obj: Mapping[str, Any], fields: Sequence[Field], prefix: str) -> list[str]:
+    problems = []
+    for f in fields:
+        if f.name not in obj:
+            continue  # reported by _key_problems
+        where, value = prefix + f.name, obj[f.name]
+        if value is None:
+            if not f.nullable:
+                problems.append(f"{where} is null, expected {f.kind}")
+            continue
+        problem = _kind_problem(value, f.kind, where)
+        if problem:
+            problems.append(problem)
+            continue
+        if f.choices and value not in f.choices:
+            problems.append(f"{where} is {value!r}, expected one of {list(f.choices)}")
+        if f.keys:
+            missing = [k for k in f.keys if k not in value]
+            if missing:
+                problems.append(f"{where} lacks {missing} (expected keys {list(f.keys)})")
+            extra = [k for k in value if k not in f.keys]
+            if extra:
+                problems.append(f"{where} has unknown keys {extra} (expected {list(f.keys)})")
+            for key, item in value.items():
+                if item is not None and f.values is not None:
+                    problem = _kind_problem(item, f.values, f"{where}[{key!r}]")
+                    problems += [problem] if problem else []
+        if f.fields:
+            problems += _value_problems(value, f.fields, f"{where}.")
+    return problems
+
+
+def validate_record(record: Any) -> list[str]:
+    """Problems of a results record against :data:`FIELDS`: missing or unknown fields, wrong
+    types, nulls where a value is required, fractions outside [0, 1], unexpected values.
+
+    Keys starting with ``_`` (added by the reader, e.g. ``_run_dir``) are not record fields.
+
+    Returns:
+        One message per problem; an empty list means the record is valid.
+    """
+    if not isinstance(record, dict):
+        return [f"a record must be a JSON object, got {type(record).__name__}"]
+    schema = record.get("schema")
+    if isinstance(schema, int) and not isinstance(schema, bool) and schema != RECORD_SCHEMA:
+        return [f"schema is {schema}, this version reads schema {RECORD_SCHEMA}"]
+    fields = {k: v for k, v in record.items() if not str(k).startswith("_")}
+    return _key_problems(fields, FIELDS, "") + _value_problems(fields, FIELDS, "")
+
+
+def check_record_keys(record: Record) -> Record:
+    """``record`` unchanged when its keys are exactly :data:`FIELDS`' (nested ones included).
+
+    The record builder calls this, so a field added to the builder but not to the schema (or
+    the other way round) fails where it is made, not in a reader later.
+
+    Raises:
+        RecordError: naming every missing and unknown key.
+    """
+    problems = _key_problems(record, FIELDS, "")
+    if problems:
+        raise RecordError("the results record does not match FIELDS: " + "; ".join(problems))
+    return record
+
+
+def record_created(record: Mapping[str, Any]) -> datetime:
+    """The record's ``created`` as an aware datetime (naive times taken as UTC; unreadable:
+    the earliest time, so such a record never wins "newest")."""
+    try:
+        when = datetime.fromisoformat(str(record.get("created")))
+    except ValueError:
+        return datetime.min.replace(tzinfo=UTC)
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
+
+
+# -- the CONTRACTS.md table ---------------------------------------------------------------------
+
+
+#: How a kind reads in the docs, where its name alone would not say it.
+_KIND_TEXT = {"fraction": "float in [0, 1]", "time": "str, ISO 8601"}
+
+
+def _type_text(f: Field) -> str:
+    if f.keys:
+        keys = ", ".join(f"`{k}`" for k in f.keys)
+        text = f"{{{keys}: {_KIND_TEXT.get(f.values or '', f.values)}/null}}"
+    elif f.fields:
+        text = "{" + ", ".join(sub.name for sub in f.fields) + "}"
+    else:
+        text = _KIND_TEXT.get(f.kind, f.kind)
+    if f.choices:
+        text += " (" + " or ".join(f"`{c}`" for c in f.choices) + ")"
+    return text + ("/null" if f.nullable else "")
+
+
+def _rows(fields: Sequence[Field], prefix: str = "") -> list[str]:
+    rows = []
+    for f in fields:
+        cells = [f"`{prefix}{f.name}`", _type_text(f), f.unit, f.meaning]
+        rows.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+        rows += _rows(f.fields, f"{prefix}{f.name}.")
+    return rows
+
+
+def contracts_table() -> str:
+    """The markdown table of :data:`FIELDS` that ``docs/CONTRACTS.md`` holds between markers."""
+    lines = [
+        f"<!-- generated from FIELDS in loveda_utils/results/schema.py by `{REGENERATE}`; "
+        "do not edit by hand -->",
+        "",
+        "| field | type | unit | meaning |",
+        "|---|---|---|---|",
+        *_rows(FIELDS),
+    ]
+    return "\n".join(lines)
+
+
+def contracts_section(path: str | Path = CONTRACTS_FILE) -> str:
+    """The table currently between the markers of ``path`` (to compare with :func:`contracts_table`)."""
+    path = Path(path)
+    return section_text(path.read_text(encoding="utf-8"), CONTRACTS_START, CONTRACTS_END, path)
+
+
+def write_contracts(path: str | Path = CONTRACTS_FILE) -> bool:
+    """Rewrite the field table of ``path`` from :data:`FIELDS`; True when it changed."""
+    path = Path(path)
+    text = path.read_bytes().decode("utf-8")
+    new = replace_section(text, CONTRACTS_START, CONTRACTS_END, contracts_table(), path)
+    if new == text:
+        return False
+    write_text_atomic(path, new)
+    return True
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m loveda_utils.results.schema",
+        description="The results record's schema (FIELDS) and its table in docs/CONTRACTS.md.",
+    )
+    action = parser.add_mutually_exclusive_group(required=True)
+    action.add_argument(
+        "--write-contracts",
+        action="store_true",
+        help="rewrite the field table of docs/CONTRACTS.md from FIELDS",
+    )
+    action.add_argument(
+        "--check-contracts",
+        action="store_true",
+        help="exit 1 when docs/CONTRACTS.md's field table differs from FIELDS",
+    )
+    parser.add_argument("--contracts", default=str(CONTRACTS_FILE), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    path = Path(args.contracts)
+    if args.write_contracts:
+        changed = write_contracts(path)
+        print(f"{path}: {'updated' if changed else 'already up to date'}")
+        return 0
+    if contracts_section(path) != contracts_table():
+        print(f"{path}: the field table differs from FIELDS; run {REGENERATE}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,141 @@
+"""Results records and run folders as the benchmark leaves them, for the results and visuals tests.
+
+``make_record`` writes every field of ``loveda_utils/results/schema.py``'s ``FIELDS`` with the
+values a real run would (tests/results/test_schema.py checks that it stays valid), and
+``write_run`` lays a run folder out as ``loveda_utils/benchmark/run.py`` does.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from loveda_utils.data.classes import CLASS_NAMES
+from loveda_utils.files import write_json_atomic
+from loveda_utils.results.store import claim_run_dir, run_group_for
+
+#: (model, method, backbone) of the registry entries used in the records.
+DEEPLAB = ("deeplabv3plus_resnet50", "DeepLabV3+", "R-50")
+PSPNET = ("pspnet_resnet101", "PSPNet", "R-101")
+FCN = ("fcn_resnet50", "FCN", "R-50")
+
+
+def make_record(
+    model: tuple[str, str, str] = DEEPLAB,
+    miou: float = 0.5099,
+    synthetic: bool = False,
+    created: str = "2025-01-02T03:04:05+00:00",
+    run_name: str | None = None,
+    root: str | Path = "/data/LoveDA",
+    **overrides: Any,
+) -> dict[str, Any]:
+    """A complete, valid record as the benchmark writes it; ``overrides`` replace fields."""
+    name, method, backbone = model
+    crop, iters = overrides.pop("crop_size", 512), overrides.pop("lr_schd", 80000)
+    group = run_group_for(name, synthetic, crop, iters)
+    # Per-class values spread around the mIoU, so per-class tables have distinct numbers.
+    per_class = {
+        c: round(min(1.0, max(0.0, miou + 0.03 * (i - 3))), 4) for i, c in enumerate(CLASS_NAMES)
+    }
+    record = {
+        "schema": 1,
+        "run_name": run_name or group,
+        "run_group": group,
+        "status": "complete",
+        "model": name,
+        "method": method,
+        "backbone": backbone,
+        "pretrained": "imagenet",
+        "normalization": "ImageNet mean/std on 0..255",
+        "crop_size": crop,
+        "lr_schd": iters,
+        "batch_size": 16,
+        "mem_gb": 7.3712,
+        "mem_source": "torch.cuda.max_memory_allocated",
+        "fps": 6.0012,
+        "fps_spread": 0.1234,
+        "fps_size": 1024,
+        "fps_images": 200,
+        "device": "Tesla V100-SXM2-32GB",
+        "precision": "16-mixed",
+        "amp": False,
+        "miou": miou,
+        "miou_ms_flip": None,
+        "accuracy": 0.71,
+        "mean_f1": 0.66,
+        "per_class_iou": per_class,
+        "per_class_iou_ms_flip": None,
+        "per_scene_miou": {"urban": round(miou + 0.02, 4), "rural": round(miou - 0.03, 4)},
+        "per_scene_miou_ms_flip": None,
+        "params_m": 43.5812,
+        "gflops": 708.04,
+        "flops_size": 1024,
+        "eval_mode": "whole",
+        "dataset": {
+            "root": str(root),
+            "split": "Val",
+            "scenes": ["Urban", "Rural"],
+            "n_images": 1669,
+            "synthetic": synthetic,
+        },
+        "train_seconds": 3600.0,
+        "eval_seconds": 120.5,
+        "final_loss": 0.4321,
+        "checkpoint": "checkpoints/last.ckpt",
+        "config": {"model": name, "max_steps": iters, "limit_eval_images": None},
+        "git_commit": "0123456789abcdef0123456789abcdef01234567",
+        "versions": {"torch": "2.14.1", "torchgeo": "0.10.1"},
+        "seed": 0,
+        "created": created,
+    }
+    record.update(overrides)
+    return record
+
+
+def write_run(
+    results_dir: Path,
+    record: dict[str, Any],
+    notebook: bool = False,
+    checkpoint: bool = False,
+    visuals: dict[tuple[str, str, str], np.ndarray] | None = None,
+) -> Path:
+    """A run folder as the benchmark leaves it: claimed, params.json, metrics.json, extras."""
+    run_dir = claim_run_dir(results_dir, record["run_group"], record["run_name"])
+    record["run_name"] = run_dir.name
+    write_json_atomic(run_dir / "params.json", record["config"])
+    if notebook:
+        (run_dir / "03_benchmark.ipynb").write_text("{}", encoding="utf-8")
+    if checkpoint:
+        (run_dir / "checkpoints").mkdir()
+        (run_dir / "checkpoints" / "last.ckpt").write_bytes(b"weights")
+    for (split, scene, name), raw in (visuals or {}).items():
+        folder = run_dir / "visuals" / split / scene
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(raw.astype(np.uint8)).save(folder / name)
+    write_json_atomic(run_dir / "metrics.json", record)
+    return run_dir
+
+
+def predictions_for(tree: Path, split: str = "Val", wrong_from_row: int = 16) -> dict:
+    """Raw 1..7 predictions of every tile of ``tree/split``: the truth, wrong below a row."""
+    out = {}
+    for mask_path in sorted(tree.glob(f"{split}/*/masks_png/*.png")):
+        raw = np.array(Image.open(mask_path))
+        pred = np.where(raw == 0, 1, raw)  # every pixel is predicted (no 0)
+        pred[wrong_from_row:] = pred[wrong_from_row:] % 7 + 1  # a different class: wrong
+        out[(split, mask_path.parent.parent.name, mask_path.name)] = pred
+    return out
+
+
+def write_runs_with_visuals(results_dir: Path, tree: Path) -> None:
+    """Four runs on ``tree``'s Val tiles: two real with visuals, one real without, one synthetic."""
+    preds = predictions_for(tree)
+    write_run(results_dir, make_record(root=tree), visuals=preds)
+    write_run(results_dir, make_record(PSPNET, 0.5186, root=tree), visuals=preds)
+    write_run(results_dir, make_record(FCN, 0.42, root=tree))  # no visuals
+    write_run(
+        results_dir, make_record(FCN, 0.9, synthetic=True, root=tree, crop_size=64), visuals=preds
+    )

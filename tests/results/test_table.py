@@ -1,0 +1,192 @@
+"""The MMSeg-style table: columns, formatting, selection, marks, footnotes from the records."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from record_factory import DEEPLAB, FCN, PSPNET, make_record, write_run
+
+from loveda_utils.data.classes import CLASS_NAMES
+from loveda_utils.results.store import claim_run_dir, load_records
+from loveda_utils.results.table import (
+    MMSEG_COLUMNS,
+    SYNTHETIC_MARK,
+    TABLE_COLUMNS,
+    build_table,
+    per_class_table,
+    scene_table,
+    table_markdown,
+)
+
+
+def test_table_columns_and_formatting(tmp_path: Path) -> None:
+    assert [c for c in TABLE_COLUMNS if c in MMSEG_COLUMNS] == list(MMSEG_COLUMNS)
+    for extra in ("Params (M)", "GFLOPs", "Urban mIoU", "Rural mIoU", "Data"):
+        assert extra in TABLE_COLUMNS
+    deeplab = write_run(tmp_path, make_record(), notebook=True, checkpoint=True)
+    write_run(tmp_path, make_record(PSPNET, 0.5186, miou_ms_flip=0.53456, mem_gb=None))
+    records, _ = load_records(tmp_path)
+    df = build_table(records, tmp_path)
+    assert list(df.columns) == list(TABLE_COLUMNS)
+    assert list(df["Method"]) == ["PSPNet", "DeepLabV3+"]  # mIoU descending
+    row = df.set_index("Method").loc["DeepLabV3+"]
+    assert row["mIoU"] == "50.99"
+    assert row["mIoU(ms+flip)"] == "-"
+    assert row["Mem (GB)"] == "7.37"
+    assert row["Inf time (fps)"] == "6.00 ± 0.12"
+    assert row["Crop Size"] == "512x512"
+    assert row["Lr schd"] == "80000"
+    assert row["Params (M)"] == "43.6"
+    assert row["GFLOPs"] == "708.0"
+    assert row["Urban mIoU"] == "52.99" and row["Rural mIoU"] == "47.99"
+    assert row["Device"] == "Tesla V100-SXM2-32GB"
+    assert row["Data"] == "LoveDA Val"
+    assert row["config"] == f"[config](runs/{deeplab.name}/03_benchmark.ipynb)"
+    assert row["download"] == f"[model](runs/{deeplab.name}/checkpoints/last.ckpt)"
+    pspnet = df.set_index("Method").loc["PSPNet"]
+    assert pspnet["mIoU(ms+flip)"] == "53.46" and pspnet["Mem (GB)"] == "-"
+    assert pspnet["config"].endswith("/params.json)")  # no executed notebook in that run
+    assert pspnet["download"] == "-"  # no checkpoint file
+
+    raw = build_table(records, tmp_path, formatted=False)
+    assert list(raw.columns[: len(TABLE_COLUMNS)]) == list(TABLE_COLUMNS)
+    assert raw.set_index("Method").loc["DeepLabV3+", "mIoU"] == pytest.approx(0.5099)
+    assert (
+        raw.set_index("Method").loc["DeepLabV3+", "config"]
+        == f"runs/{deeplab.name}/03_benchmark.ipynb"
+    )
+
+
+def test_latest_record_per_group_wins(tmp_path: Path) -> None:
+    old = write_run(tmp_path, make_record(miou=0.40, created="2025-01-01T00:00:00+00:00"))
+    new = write_run(tmp_path, make_record(miou=0.45, created="2025-03-01T00:00:00Z"))
+    assert new.name == old.name + "-r2"
+    records, _ = load_records(tmp_path)
+    df = build_table(records, tmp_path)
+    assert list(df["mIoU"]) == ["45.00"]
+    assert df.attrs["superseded"] == [old.name]
+    assert "1 older run(s) superseded" in table_markdown(df) and old.name in table_markdown(df)
+    assert len(build_table(records, tmp_path, latest_only=False)) == 2
+
+
+def test_synthetic_rows_are_marked(tmp_path: Path) -> None:
+    write_run(tmp_path, make_record(FCN, 0.90, synthetic=True, crop_size=64, lr_schd=200))
+    write_run(tmp_path, make_record(PSPNET, 0.5186))
+    records, _ = load_records(tmp_path)
+    df = build_table(records, tmp_path)
+    # Real LoveDA first even though the synthetic number is higher.
+    assert list(df["Data"]) == ["LoveDA Val", "mini-LoveDA (synthetic)"]
+    assert list(df["Method"]) == ["PSPNet", f"FCN {SYNTHETIC_MARK}"]
+    text = table_markdown(df)
+    assert f"{SYNTHETIC_MARK} mini-LoveDA (synthetic)" in text and "not LoveDA results" in text
+    only_real = table_markdown(build_table([r for r in records if r["model"] != FCN[0]]))
+    assert SYNTHETIC_MARK not in only_real and "mini-LoveDA" not in only_real
+
+
+def test_empty_table_says_no_runs(tmp_path: Path) -> None:
+    df = build_table([], tmp_path)
+    assert list(df.columns) == list(TABLE_COLUMNS) and df.empty
+    assert "No runs yet" in table_markdown(df)
+
+
+def test_per_class_and_scene_tables(tmp_path: Path) -> None:
+    per_class_ms = {c: 0.6 for c in CLASS_NAMES}
+    write_run(tmp_path, make_record(miou_ms_flip=0.6, per_class_iou_ms_flip=per_class_ms))
+    write_run(tmp_path, make_record(PSPNET, 0.5186))
+    records, _ = load_records(tmp_path)
+    table = per_class_table(records)
+    assert list(table.columns) == [*CLASS_NAMES, "mIoU"]
+    assert list(table.index) == ["PSPNet R-101", "DeepLabV3+ R-50"]
+    assert table.loc["DeepLabV3+ R-50", "road"] == pytest.approx(100 * (0.5099 - 0.03), abs=0.01)
+    assert table.loc["DeepLabV3+ R-50", "mIoU"] == pytest.approx(50.99)
+    with_ms = per_class_table(records, ms_flip=True)
+    assert with_ms.loc["DeepLabV3+ R-50 (ms+flip)", "water"] == pytest.approx(60.0)
+    assert len(with_ms) == 3
+    scenes = scene_table(records)
+    assert scenes.loc["PSPNet R-101", "Urban mIoU"] == pytest.approx(53.86)
+    assert scenes.loc["PSPNet R-101", "Urban - Rural"] == pytest.approx(5.0)
+
+
+# -- the protocol footnote -------------------------------------------------------------------------
+
+
+def _protocol(records: list[dict]) -> str:
+    """The footnote lines of a table of ``records`` (no other notes)."""
+    return "\n".join(build_table(records).attrs["protocol"])
+
+
+def test_protocol_footnote_states_the_recorded_settings() -> None:
+    same = [make_record(), make_record(PSPNET, 0.5186)]
+    text = _protocol(same)
+    assert "on Val (1669 tiles), whole-tile inference" in text
+    assert "200 images of 1024x1024, full precision" in text
+    assert "torch.cuda.max_memory_allocated, training batch 16, precision 16-mixed" in text
+    assert "one forward pass at 1x3x1024x1024" in text
+    assert "ms+flip" not in text  # no row has it
+    # Settings read from the records, not assumed: another timing size, FLOPs size, split...
+    other = make_record(
+        fps_size=512, fps_images=20, amp=True, flops_size=512, mem_source="peak RSS",
+        batch_size=8, precision="32-true", eval_mode="slide", miou_ms_flip=0.52,
+        dataset={**make_record()["dataset"], "split": "Train", "n_images": 12},
+        config={"slide_window": 512, "slide_stride": 384},
+    )  # fmt: skip
+    text = _protocol([other])
+    assert "on Train (12 tiles), sliding-window inference (512 px windows, stride 384 px)" in text
+    assert "20 images of 512x512, mixed precision (autocast)" in text
+    assert "peak RSS, training batch 8, precision 32-true" in text
+    assert "one forward pass at 1x3x512x512" in text and "1024" not in text
+    assert "mIoU(ms+flip): mean softmax over scales 0.5, 0.75, 1, 1.25, 1.5, 1.75" in text
+    assert "not run for" not in text
+
+
+def test_protocol_footnote_names_rows_whose_settings_differ() -> None:
+    rows = [
+        make_record(miou_ms_flip=0.55),
+        make_record(PSPNET, 0.5186, fps_size=512, mem_gb=None, mem_source=None),
+    ]
+    text = _protocol(rows)
+    assert (
+        "200 images of 512x512, full precision (PSPNet R-101); "
+        "200 images of 1024x1024, full precision (DeepLabV3+ R-50)"
+    ) in text
+    assert "not measured, checkpoint only evaluated (PSPNet R-101)" in text
+    assert "horizontally; not run for PSPNet R-101." in text
+    # The same settings everywhere else: stated once, without row names.
+    assert "one forward pass at 1x3x1024x1024." in text
+    # Shown in the markdown, and left out on request.
+    assert text.splitlines()[0] in table_markdown(build_table(rows))
+    assert "forward pass" not in table_markdown(build_table(rows), protocol=False)
+
+
+# -- no local absolute path in a table -------------------------------------------------------------
+
+
+def test_links_are_relative_without_a_results_dir(tmp_path: Path) -> None:
+    run = write_run(tmp_path / "results", make_record(), notebook=True, checkpoint=True)
+    records, _ = load_records(tmp_path / "results")
+    df = build_table(records)  # no results_dir: relative to the records' own results folder
+    assert df.loc[0, "config"] == f"[config](runs/{run.name}/03_benchmark.ipynb)"
+    assert df.loc[0, "download"] == f"[model](runs/{run.name}/checkpoints/last.ckpt)"
+
+
+def test_absolute_record_paths_do_not_leak(tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    record = make_record(
+        DEEPLAB,
+        root=elsewhere / "LoveDA",
+        checkpoint=str(elsewhere / "ckpt" / "model.ckpt"),
+        config={"data_root": str(elsewhere / "LoveDA"), "results_dir": str(elsewhere)},
+    )
+    write_run(tmp_path / "results", record, notebook=True)
+    broken = claim_run_dir(tmp_path / "results", "broken")
+    (broken / "metrics.json").write_text("{", encoding="utf-8")
+    records, problems = load_records(tmp_path / "results")
+    for df in (
+        build_table(records, tmp_path / "results"),
+        build_table(records, tmp_path / "results", formatted=False),
+        build_table(records),
+    ):
+        text = table_markdown(df, problems) + df.to_csv(index=False)
+        assert str(tmp_path) not in text and "elsewhere" not in text
+        assert "`runs/broken/metrics.json: not valid JSON" in text  # named, relatively
