@@ -271,11 +271,13 @@ def class_shares_beside_release(report: DataReport) -> pd.DataFrame:
 def domain_statistics_beside_release(report: DataReport) -> pd.DataFrame:
     """The release's tiles, no-data share and RGB statistics per split/scene (
     :func:`release_domain_statistics`), with the tree's tiles and no-data share beside them."""
+    import pandas as pd
+
     stats = release_domain_statistics().rename(columns={"tiles": "release tiles",
                                                         "no-data share": "release no-data"})
     tree = {(s.split, s.scene): s for s in report.summaries}
-    stats.insert(3, "tree tiles", [tree[k].n_images if k in tree else np.nan
-                                   for k in zip(stats.split, stats.scene)])
+    stats.insert(3, "tree tiles", pd.array([tree[k].n_images if k in tree else None
+                                            for k in zip(stats.split, stats.scene)], dtype="Int64"))
     stats.insert(5, "tree no-data", [
         tree[k].raw_counts[0] / tree[k].raw_counts.sum()
         if k in tree and tree[k].raw_counts is not None and tree[k].raw_counts.sum() else np.nan
