@@ -34,16 +34,15 @@ def _csv(text: str) -> list[str]:
 
 # -- check-data / download-data ---------------------------------------------------------------
 
-#: check-data's speed, measured with benchmarks-style repeats on the 2-core development VM
-#: (real 1024 px tiles, page cache warm, best of 5): README-ready, not a promise for other hosts.
+#: check-data's speed per tile, from ``benchmarks/check_data.py`` (README-ready; other hosts differ).
 CHECK_SPEED = """\
-speed (measured on the 2-core development VM, real 1024 px LoveDA tiles, files cached):
-  --quick  about 1 ms per tile (headers; masks decoded for their values);
-           the whole release (5,987 tiles) in about 6 s
-  full     about 5 ms per tile compared with the release (MD5 of each image, whose match
-           stands for decoding it; class counts of each mask): the release in about 30 s;
-           about 15 ms per tile with --no-manifest or for images the release has no MD5 for
-           (every image decoded)"""
+speed (benchmarks/check_data.py on the 2-core development VM: real 1024 px LoveDA tiles,
+files cached, one thread):
+  --quick                 about 1 ms per tile (headers; masks decoded for their values):
+                          the whole release (5,987 tiles) in about 6 s
+  full (the default)      about 5 ms per tile (each image's MD5, which stands for decoding it
+                          when it matches the release; each mask's class counts): about 30 s
+  full --no-manifest      about 16 ms per tile (every image decoded): about 95 s"""
 
 
 def _names(flag: str, values: Sequence[str], normalize: Callable[[str], Any], valid: Sequence[str]) -> list:
@@ -62,13 +61,13 @@ def _names(flag: str, values: Sequence[str], normalize: Callable[[str], Any], va
     return names
 
 
-def _split_scene_args(p: argparse.ArgumentParser) -> None:
+def _split_scene_args(p: argparse.ArgumentParser, scenes_note: str = "") -> None:
     from .data.classes import SCENES, SPLITS
 
     p.add_argument("--splits", type=_csv, default=list(SPLITS),
                    help=f"comma-separated splits (default: {','.join(SPLITS)})")
     p.add_argument("--scenes", type=_csv, default=list(SCENES),
-                   help=f"comma-separated scenes (default: {','.join(SCENES)})")
+                   help=f"comma-separated scenes{scenes_note} (default: {','.join(SCENES)})")
 
 
 def _splits_and_scenes(args: argparse.Namespace) -> tuple[list[str], list[str]]:
@@ -113,7 +112,7 @@ def check_data(args: argparse.Namespace) -> int:
 
 def _download_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("root", help="folder to download and extract the LoveDA zips into")
-    _split_scene_args(p)
+    _split_scene_args(p, " to check afterwards (each zip holds both)")
     _check_args(p)
 
 

@@ -42,10 +42,11 @@ class LoveDASegmentation(LoveDA):
     Samples are dicts: ``image`` uint8 ``[3, H, W]``, ``mask`` uint8 ``[H, W]`` (not for Test),
     ``scene``, ``split`` and ``name`` (the file name). Images stay uint8: models normalise them.
 
-    Reuses torchgeo's :class:`~torchgeo.datasets.LoveDA` (its file listing: ``images_png/*.png``
-    in path order); never downloads. Each mask path is derived from its image's own folder
-    (:func:`~loveda_utils.data.layout.mask_for`), not by replacing ``images_png`` in the whole
-    path as torchgeo does, so a root whose path contains ``images_png`` works.
+    Built on torchgeo's :class:`~torchgeo.datasets.LoveDA`; never downloads. Tiles are listed as
+    torchgeo lists them (``images_png/*.png``, in path order: the listing ``check-data`` counts,
+    :func:`~loveda_utils.data.layout.loader_images`), but each mask path is derived from its
+    image's own folder (:func:`~loveda_utils.data.layout.mask_for`) rather than by replacing
+    ``images_png`` in the whole path, so a root whose path contains ``images_png`` works.
 
     If you use this dataset in your research, please cite:
 

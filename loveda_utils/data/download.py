@@ -49,12 +49,15 @@ def download_release(
         zip_path = root / archive["filename"]
         if all((root / split / scene).is_dir() for scene in SCENES):
             log(f"{split}: {root / split} already holds Urban/ and Rural/; not downloaded again")
+        elif zip_path.is_file():
+            log(f"{split}: {zip_path} is there: extracted if its MD5 is {archive['md5']}, "
+                "else downloaded again")
         else:
             log(f"{split}: downloading {archive['filename']} from {archive['url']} "
                 f"(MD5 {archive['md5']}) into {root}")
         try:
             LoveDA(root=str(root), split=split.lower(),  # type: ignore[arg-type]
-                   scene=[s.lower() for s in SCENES],  # type: ignore[list-item]
+                   scene=[s.lower() for s in SCENES],  # type: ignore[misc]
                    download=True, checksum=True)
         except RuntimeError as exc:  # torchgeo: "Downloaded file ... is corrupted/incomplete"
             raise _bad_archive(zip_path, archive, exc) from exc

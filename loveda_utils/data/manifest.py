@@ -17,13 +17,12 @@ from __future__ import annotations
 
 import csv
 import gzip
-import io
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import IO, TYPE_CHECKING
 
 import numpy as np
 
@@ -62,7 +61,7 @@ class ReleaseTile:
     mask_counts: tuple[int, ...] | None
 
 
-def _open_manifest() -> io.BufferedIOBase:
+def _open_manifest() -> IO[bytes]:
     resource = resources.files(__package__).joinpath(*MANIFEST_RESOURCE)
     return resource.open("rb")
 
@@ -157,7 +156,7 @@ def compare_tile(
     return problems
 
 
-def coverage(found: dict[tuple[str, str], Iterable[int]]) -> ReleaseCoverage:
+def coverage(found: Mapping[tuple[str, str], Iterable[int]]) -> ReleaseCoverage:
     """Release tiles present per checked ``(split, scene)``: ``found`` holds the ids in each folder."""
     tiles = release_tiles()
     per_scene = {}
@@ -276,10 +275,10 @@ def domain_statistics_beside_release(report: DataReport) -> pd.DataFrame:
     stats = release_domain_statistics().rename(columns={"tiles": "release tiles",
                                                         "no-data share": "release no-data"})
     tree = {(s.split, s.scene): s for s in report.summaries}
-    stats.insert(3, "tree tiles", pd.array([tree[k].n_images if k in tree else None
-                                            for k in zip(stats.split, stats.scene)], dtype="Int64"))
-    stats.insert(5, "tree no-data", [
-        tree[k].raw_counts[0] / tree[k].raw_counts.sum()
-        if k in tree and tree[k].raw_counts is not None and tree[k].raw_counts.sum() else np.nan
-        for k in zip(stats.split, stats.scene)])
+    counts = {k: s.raw_counts for k, s in tree.items() if s.raw_counts is not None and s.raw_counts.sum()}
+    keys = list(zip(stats.split, stats.scene))
+    stats.insert(3, "tree tiles", pd.array([tree[k].n_images if k in tree else None for k in keys],
+                                           dtype="Int64"))
+    stats.insert(5, "tree no-data", [counts[k][0] / counts[k].sum() if k in counts else np.nan
+                                     for k in keys])
     return stats

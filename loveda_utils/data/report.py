@@ -126,6 +126,7 @@ class DataReport:
         head = f"{'split':<6} {'scene':<6} {'no-data':>8} " + " ".join(f"{n[:11]:>11}" for n in CLASS_NAMES)
         lines = ["Pixel shares (%; classes of the labelled pixels):", head]
         for s in rows:
+            assert s.raw_counts is not None
             counts = s.raw_counts.astype(np.float64)
             nodata = 100 * counts[0] / counts.sum()
             labelled = counts[1:].sum()

@@ -71,7 +71,7 @@ _POOL_MIN_TILES = 16
 
 @dataclass
 class _TileJob:
-    """What to check about one tile (picklable: it goes to worker processes)."""
+    """What to check about one tile."""
 
     image: str | None
     mask: str | None
@@ -95,7 +95,7 @@ class _TileFacts:
     image_mean: tuple[float, ...] | None = None
 
 
-# -- per-file checks (module level so that worker processes can run them) ----------------------
+# -- per-file checks (run on worker threads) ---------------------------------------------------
 
 
 def _header(path: str, kind: str) -> tuple[list[str], tuple[int, int] | None]:
@@ -127,12 +127,15 @@ def _decode(path: str, kind: str) -> tuple[np.ndarray | None, str | None]:
 
 def _mask_values(values: np.ndarray, full: bool) -> tuple[list[str], np.ndarray | None]:
     """Values outside 0..7 as a problem; with ``full`` the pixels per raw value 0..7."""
+    counts: np.ndarray | None = None
+    bad: np.ndarray
     if full:
         counts = np.bincount(values.reshape(-1), minlength=MAX_RAW_VALUE + 1)
         bad = np.flatnonzero(counts[MAX_RAW_VALUE + 1:]) + MAX_RAW_VALUE + 1
+    elif values.max() > MAX_RAW_VALUE:
+        bad = np.unique(values[values > MAX_RAW_VALUE])
     else:
-        counts = None
-        bad = np.unique(values[values > MAX_RAW_VALUE]) if values.max() > MAX_RAW_VALUE else []
+        bad = np.empty(0, dtype=np.int64)
     if not len(bad):
         return [], None if counts is None else counts[: MAX_RAW_VALUE + 1]
     listed = ", ".join(str(v) for v in bad[:10]) + (" ..." if len(bad) > 10 else "")
@@ -178,7 +181,7 @@ def _inspect_tile(job: _TileJob) -> _TileFacts:
         _inspect_image(job, facts)
     if job.mask is not None:
         _inspect_mask(job, facts)
-    if facts.image_size and facts.mask_size and facts.image_size != facts.mask_size:
+    if job.image and facts.image_size and facts.mask_size and facts.image_size != facts.mask_size:
         (w, h), (mw, mh) = facts.image_size, facts.mask_size
         facts.problems.append(Problem(job.image, f"image is {w}x{h} but its mask {job.mask} is {mw}x{mh}"))
     return facts
@@ -206,8 +209,8 @@ def list_pairs(root: Path, split: str, scene: str) -> tuple[list[tuple[Path | No
     ignored: list[str] = []
     for tile_dir in (images_dir, masks_dir) if has_masks else (images_dir,):
         tiles, other = skipped_files(tile_dir)
-        problems += [Problem(str(p), f"skipped by the loader, which reads only "
-                                     f"{tile_dir.name}/*.png (lower case): rename or convert it")
+        problems += [Problem(str(p), f"skipped by the loader, which reads {tile_dir.name}/*.png "
+                                     "(lower-case .png, not hidden): rename or convert it")
                      for p in tiles]
         ignored += [str(p) for p in other]
     images = {p.name: p for p in loader_files(images_dir)}
@@ -267,7 +270,7 @@ def check_tree(
             "`python -m loveda_utils make-synthetic OUT`."
         )
     splits = [normalize_split(s) for s in splits]
-    scenes = normalize_scenes(scenes)
+    scenes = normalize_scenes(scenes if isinstance(scenes, str) else tuple(scenes))
     full = level == "full"
     synthetic = is_synthetic(root)
     compare = (release or complete) and not synthetic
