@@ -10,8 +10,9 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
-from .errors import LoveDAError
+from .errors import ConfigError, LoveDAError
 
 Command = Callable[[argparse.Namespace], int]
 COMMANDS: dict[str, tuple[Command, Callable[[argparse.ArgumentParser], None], str]] = {}
@@ -31,29 +32,98 @@ def _csv(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
 
 
-# -- check-data --------------------------------------------------------------------------------
+# -- check-data / download-data ---------------------------------------------------------------
+
+#: check-data's speed per tile, from ``benchmarks/check_data.py`` (README-ready; other hosts differ).
+CHECK_SPEED = """\
+speed (benchmarks/check_data.py on the 2-core development VM: real 1024 px LoveDA tiles,
+files cached, one thread):
+  --quick                 about 1 ms per tile (headers; masks decoded for their values):
+                          the whole release (5,987 tiles) in about 6 s
+  full (the default)      about 5 ms per tile (each image's MD5, which stands for decoding it
+                          when it matches the release; each mask's class counts): about 30 s
+  full --no-manifest      about 16 ms per tile (every image decoded): about 95 s"""
+
+
+def _names(flag: str, values: Sequence[str], normalize: Callable[[str], Any], valid: Sequence[str]) -> list:
+    """``--splits``/``--scenes`` values in the archive's spelling; a bad one is a one-line
+    :class:`~loveda_utils.errors.ConfigError` naming the flag and the valid names (exit 2)."""
+    names: list = []
+    for value in values or [""]:
+        try:
+            normalized = normalize(value)
+        except ValueError:
+            raise ConfigError(f"{flag} {value!r}: use {', '.join(valid)} (comma-separated, any "
+                              "case)") from None
+        for name in normalized if isinstance(normalized, tuple) else (normalized,):
+            if name not in names:
+                names.append(name)
+    return names
+
+
+def _split_scene_args(p: argparse.ArgumentParser, scenes_note: str = "") -> None:
+    from .data.classes import SCENES, SPLITS
+
+    p.add_argument("--splits", type=_csv, default=list(SPLITS),
+                   help=f"comma-separated splits (default: {','.join(SPLITS)})")
+    p.add_argument("--scenes", type=_csv, default=list(SCENES),
+                   help=f"comma-separated scenes{scenes_note} (default: {','.join(SCENES)})")
+
+
+def _splits_and_scenes(args: argparse.Namespace) -> tuple[list[str], list[str]]:
+    from .data.classes import SCENES, SPLITS, normalize_scenes, normalize_split
+
+    return (_names("--splits", args.splits, normalize_split, SPLITS),
+            _names("--scenes", args.scenes, normalize_scenes, (*SCENES, "both")))
+
+
+def _check_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--quick", action="store_true",
+                   help="pairing, PNG headers, mask values and tile placement only (no image "
+                        "MD5s, no class counts)")
+    p.add_argument("--complete", action="store_true",
+                   help="also require every release tile of the splits and scenes checked")
+    p.add_argument("--no-manifest", action="store_true",
+                   help="do not compare with the LoveDA release manifest (for other data in "
+                        "LoveDA's layout)")
+    p.add_argument("--workers", type=int, default=None, help="threads checking tiles (default: CPUs)")
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.epilog = CHECK_SPEED
 
 
 def _check_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("root", help="LoveDA root holding Train/, Val/, Test/")
-    p.add_argument("--splits", type=_csv, default=["Train", "Val", "Test"],
-                   help="comma-separated splits to check (default: Train,Val,Test)")
-    p.add_argument("--scenes", type=_csv, default=["Urban", "Rural"],
-                   help="comma-separated scenes to check (default: Urban,Rural)")
-    p.add_argument("--quick", action="store_true",
-                   help="pairing and PNG headers only (skip decoding every file)")
-    p.add_argument("--workers", type=int, default=None, help="decoding processes (default: CPUs)")
+    _split_scene_args(p)
+    _check_args(p)
 
 
-@command("check-data", "validate a LoveDA tree and print a readable report", _check_data_args)
+@command("check-data", "validate a LoveDA tree and compare it with the LoveDA release manifest "
+         "(the synthetic mini-LoveDA is recognised and not compared)", _check_data_args)
 def check_data(args: argparse.Namespace) -> int:
     from .data.validation import check_tree
 
-    report = check_tree(args.root, args.splits, args.scenes,
-                        level="quick" if args.quick else "full", workers=args.workers)
+    splits, scenes = _splits_and_scenes(args)
+    report = check_tree(args.root, splits, scenes,
+                        level="quick" if args.quick else "full", workers=args.workers,
+                        release=not args.no_manifest, complete=args.complete)
     print(report.format())
     return 0 if report.ok else 1
 
+
+def _download_data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("root", help="folder to download and extract the LoveDA zips into")
+    _split_scene_args(p, " to check afterwards (each zip holds both)")
+    _check_args(p)
+
+
+@command("download-data", "download the LoveDA release zips through torchgeo (progress, MD5 "
+         "check), extract them, then check the tree like check-data", _download_data_args)
+def download_data(args: argparse.Namespace) -> int:
+    from .data.download import download_release
+
+    splits, _ = _splits_and_scenes(args)  # refuse a bad name before downloading gigabytes
+    download_release(args.root, splits)
+    return check_data(args)
 
 
 # -- make-synthetic ----------------------------------------------------------------------------

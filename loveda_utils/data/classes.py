@@ -28,6 +28,8 @@ NUM_CLASSES: int = len(CLASS_NAMES)
 IGNORE_INDEX: int = 255
 #: Raw mask value of no-data on disk.
 RAW_NODATA: int = 0
+#: Highest valid raw mask value on disk (7 = agriculture).
+MAX_RAW_VALUE: int = NUM_CLASSES
 
 #: RGB colour per training class: MMSeg's LoveDA palette, so visuals match their model zoo.
 PALETTE: tuple[tuple[int, int, int], ...] = (
@@ -85,8 +87,14 @@ def raw_to_train(mask: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
     """Map a raw LoveDA mask (0 no-data, 1..7) to training labels (0..6, 255 ignore), as uint8."""
     if isinstance(mask, torch.Tensor):
         lut = torch.as_tensor(_RAW_TO_TRAIN, device=mask.device)
+        if mask.dtype != torch.uint8:  # wider masks: out-of-range values are ignored, not wrapped
+            mask = torch.where((mask < 0) | (mask > MAX_RAW_VALUE), RAW_NODATA, mask)
         return lut[mask.long()]
-    raw = np.asarray(mask, dtype=np.uint8)
+    raw = np.asarray(mask)
+    if raw.dtype != np.uint8:
+        # A 16-bit (or wider) mask: casting to uint8 would wrap 257 round to 1 (background).
+        # Every value outside 0..7 is invalid, so it becomes no-data (ignored) instead.
+        raw = np.where((raw < 0) | (raw > MAX_RAW_VALUE), RAW_NODATA, raw).astype(np.uint8)
     if IGNORE_INDEX == 255 and raw.size and int(raw.max()) <= NUM_CLASSES:
         # Every value valid (as in every released mask): one uint8 subtraction does the mapping,
         # no-data 0 wrapping round to 255; far cheaper than the table (benchmarks/RESULTS.md).

@@ -166,7 +166,8 @@ class LoveDADataModule(L.LightningDataModule):
     Training batches are random crops through :func:`~loveda_utils.data.transforms.train_transforms`
     (MMSeg's LoveDA pipeline); evaluation uses whole tiles. Images stay ``uint8`` until the model
     normalises them on the device. Before any worker starts, :meth:`setup` validates the splits it
-    will read (``validate="quick"``: pairing and headers; ``"full"``: decode everything) and raises
+    will read (``validate="quick"``: pairing, headers and mask values, so a 16-bit mask or a
+    value outside 0..7 is refused; ``"full"``: decode everything) and raises
     :class:`~loveda_utils.errors.InvalidDataError` listing each bad file.
     """
 
@@ -238,8 +239,10 @@ class LoveDADataModule(L.LightningDataModule):
     # -- setup ---------------------------------------------------------------------------------
 
     def _check(self, split: str, scenes: Sequence[str]) -> None:
+        # What the loader needs (pairs, headers, 8-bit masks with values 0..7), not the comparison
+        # with the release manifest: other data in LoveDA's layout trains as well.
         if self.validate:
-            check_tree(self.root, [split], scenes, level=self.validate).raise_for_problems()
+            check_tree(self.root, [split], scenes, level=self.validate, release=False).raise_for_problems()
 
     def setup(self, stage: str | None = None) -> None:
         """Validate and build the datasets a stage needs (``fit``, ``validate``, ``test``, ``predict``)."""

@@ -11,8 +11,8 @@ from torchgeo.datasets import LoveDA
 
 from ..errors import DatasetNotFoundError
 from .classes import normalize_scenes, normalize_split, raw_to_train
+from .layout import IMAGES_DIR, loader_images, mask_for
 from .pngio import read_png
-from .validation import IMAGES_DIR
 
 Sample = dict[str, Any]
 
@@ -42,7 +42,11 @@ class LoveDASegmentation(LoveDA):
     Samples are dicts: ``image`` uint8 ``[3, H, W]``, ``mask`` uint8 ``[H, W]`` (not for Test),
     ``scene``, ``split`` and ``name`` (the file name). Images stay uint8: models normalise them.
 
-    Reuses torchgeo's :class:`~torchgeo.datasets.LoveDA` for file discovery; never downloads.
+    Built on torchgeo's :class:`~torchgeo.datasets.LoveDA`; never downloads. Tiles are listed as
+    torchgeo lists them (``images_png/*.png``, in path order: the listing ``check-data`` counts,
+    :func:`~loveda_utils.data.layout.loader_images`), but each mask path is derived from its
+    image's own folder (:func:`~loveda_utils.data.layout.mask_for`) rather than by replacing
+    ``images_png`` in the whole path, so a root whose path contains ``images_png`` works.
 
     If you use this dataset in your research, please cite:
 
@@ -92,6 +96,13 @@ class LoveDASegmentation(LoveDA):
         self.root = root
         self.sample_transforms = transforms
         self.has_masks = self.split_dir != "Test"
+
+    def _load_files(self, scene_paths: list[str], split: str) -> list[dict[str, str]]:
+        """Image (and mask) paths per tile, as torchgeo lists them but with masks beside each image."""
+        images = sorted(str(p) for s in scene_paths for p in loader_images(s))
+        if split == "test":
+            return [{"image": image} for image in images]
+        return [{"image": image, "mask": str(mask_for(image))} for image in images]
 
     def __getitem__(self, index: int) -> Sample:
         files = self.files[index]

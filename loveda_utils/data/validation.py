@@ -2,20 +2,32 @@
 
 Two depths:
 
-* ``quick``: folders, image/mask pairing, PNG headers (mode and size). Reads a few bytes per
-  file; the DataModule runs it up front so bad data fails before any worker starts.
-* ``full``: also decodes every PNG (truncated or corrupt files), checks mask values are in 0..7,
-  and counts pixels per raw value, which gives the class frequencies and no-data share for free.
+* ``quick``: folders, image/mask pairing, PNG headers (mode, bit depth and size), and every mask
+  decoded for its values (masks are small to decode; images are not decoded). The DataModule
+  runs it up front, so a 16-bit mask or a value outside 0..7 fails before any worker starts.
+* ``full``: also the images (truncated or corrupt files) and each mask's pixels per raw value,
+  which gives the class frequencies and no-data share for free.
 
-Every problem names its file. :class:`DataReport` renders the readable report.
+Only the tiles the loader reads are counted (:func:`~loveda_utils.data.layout.loader_images`);
+files it would skip are reported: a skipped tile (``3.PNG``, ``3.jpg``) is a problem, other files
+are listed as ignored.
+
+With ``release=True`` (``check-data``'s default) every tile present is also compared with its row
+of the LoveDA release manifest (:mod:`~loveda_utils.data.manifest`): quick compares placement
+(split/scene) and size; full also each image's MD5 (an image whose MD5 matches is the released
+file byte for byte, so it is not decoded again) and each mask's class counts. ``complete=True``
+requires every release tile of the splits and scenes checked. A tree carrying the mini-LoveDA
+marker is synthetic: it is said so, and not compared.
+
+Every problem names its file. :class:`~loveda_utils.data.report.DataReport` renders the report.
 """
 
 from __future__ import annotations
 
-import multiprocessing
+import hashlib
 import os
-from collections.abc import Iterable, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,186 +35,186 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from ..errors import DatasetNotFoundError, InvalidDataError
+from . import manifest
 from .classes import (
-    CLASS_NAMES,
-    NUM_CLASSES,
+    MAX_RAW_VALUE,
     SCENES,
     SPLITS,
     SPLITS_WITH_MASKS,
     normalize_scenes,
     normalize_split,
 )
-from .pngio import unreadable_message
+from .layout import IMAGES_DIR, MASKS_DIR, loader_files, skipped_files
+from .pngio import read_png, unreadable_message
+from .report import (
+    DataReport,
+    Problem,
+    ReleaseCoverage,
+    SceneSummary,
+    class_frequencies,
+)
+from .synthetic import is_synthetic
 
-IMAGES_DIR = "images_png"
-MASKS_DIR = "masks_png"
-#: Highest raw mask value allowed on disk (7 = agriculture).
-MAX_RAW_VALUE = NUM_CLASSES
-_SINGLE_BAND_MODES = {"L", "P", "I", "I;16", "I;16B", "I;16L"}
+__all__ = [
+    "IMAGES_DIR", "MASKS_DIR", "MAX_RAW_VALUE", "DataReport", "Problem", "SceneSummary",
+    "check_tree", "class_frequencies", "list_pairs",
+]
 
-
-@dataclass
-class Problem:
-    """One thing wrong, tied to the file or folder it concerns."""
-
-    path: str
-    message: str
-
-    def __str__(self) -> str:
-        return f"{self.path}: {self.message}"
-
-
-@dataclass
-class SceneSummary:
-    """What one ``<Split>/<Scene>`` folder holds."""
-
-    split: str
-    scene: str
-    n_images: int = 0
-    n_masks: int = 0
-    sizes: set[tuple[int, int]] = field(default_factory=set)
-    #: Pixels per raw mask value 0..7 (full check only).
-    raw_counts: np.ndarray | None = None
+LEVELS = ("quick", "full")
+#: 8-bit single-band modes a mask may have ("P": palette indices are the values).
+_MASK_MODES = {"L", "P"}
+#: Pillow's modes for 16- and 32-bit greyscale PNGs.
+_WIDE_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N"}
+#: Tiles below which the check runs in the calling thread.
+_POOL_MIN_TILES = 16
 
 
 @dataclass
-class DataReport:
-    """The outcome of :func:`check_tree`."""
+class _TileJob:
+    """What to check about one tile."""
 
-    root: Path
-    level: str
-    problems: list[Problem]
-    summaries: list[SceneSummary]
-
-    @property
-    def ok(self) -> bool:
-        return not self.problems
-
-    def format(self) -> str:
-        """A readable report: problems first, each naming its file; then counts per split/scene."""
-        lines = [f"LoveDA tree: {self.root}  (check: {self.level})"]
-        if self.problems:
-            lines.append(f"{len(self.problems)} problem(s):")
-            lines += [f"  - {p}" for p in self.problems]
-        lines.append("")
-        lines.append(f"{'split':<6} {'scene':<6} {'images':>7} {'masks':>7}  tile size")
-        for s in self.summaries:
-            sizes = ", ".join(f"{w}x{h}" for w, h in sorted(s.sizes)) or "-"
-            lines.append(f"{s.split:<6} {s.scene:<6} {s.n_images:>7} {s.n_masks:>7}  {sizes}")
-        if self.level == "full":
-            lines += ["", *self._format_frequencies()]
-        lines.append("")
-        lines.append("OK: no problems found." if self.ok else f"FAILED: {len(self.problems)} problem(s).")
-        return "\n".join(lines)
-
-    def _format_frequencies(self) -> list[str]:
-        rows = [s for s in self.summaries if s.raw_counts is not None and s.raw_counts.sum() > 0]
-        if not rows:
-            return []
-        head = f"{'split':<6} {'scene':<6} {'no-data':>8} " + " ".join(f"{n[:11]:>11}" for n in CLASS_NAMES)
-        lines = ["Pixel shares (%; classes of the labelled pixels):", head]
-        for s in rows:
-            counts = s.raw_counts.astype(np.float64)
-            nodata = 100 * counts[0] / counts.sum()
-            labelled = counts[1:].sum()
-            shares = 100 * counts[1:] / labelled if labelled else np.zeros(NUM_CLASSES)
-            lines.append(
-                f"{s.split:<6} {s.scene:<6} {nodata:>8.2f} " + " ".join(f"{v:>11.2f}" for v in shares)
-            )
-        return lines
-
-    def counts_frame(self):
-        """Images and masks per split/scene as a ``pandas.DataFrame``."""
-        import pandas as pd
-
-        return pd.DataFrame([
-            {"split": s.split, "scene": s.scene, "images": s.n_images, "masks": s.n_masks,
-             "tile size": ", ".join(f"{w}x{h}" for w, h in sorted(s.sizes))}
-            for s in self.summaries
-        ])
-
-    def raise_for_problems(self) -> None:
-        """Raise :class:`InvalidDataError` carrying every problem (named files) when not ok."""
-        if self.ok:
-            return
-        shown = "\n".join(f"  - {p}" for p in self.problems[:20])
-        more = f"\n  ... and {len(self.problems) - 20} more" if len(self.problems) > 20 else ""
-        raise InvalidDataError(
-            f"The LoveDA tree at {self.root} has {len(self.problems)} problem(s):\n{shown}{more}\n"
-            f"Run `python -m loveda_utils check-data {self.root}` for the full report.",
-            problems=[str(p) for p in self.problems],
-        )
+    image: str | None
+    mask: str | None
+    full: bool
+    #: The release MD5 of the image, if the tree is compared with the release and it has one.
+    expected_md5: str | None = None
+    #: Compute the image's MD5 (full check against the release).
+    want_md5: bool = False
+    #: Compute the image's channel means (full check against the release, no MD5 there).
+    want_mean: bool = False
 
 
-# -- per-file checks (module level so that worker processes can run them) ----------------------
+@dataclass
+class _TileFacts:
+    problems: list[Problem] = field(default_factory=list)
+    image_size: tuple[int, int] | None = None
+    mask_size: tuple[int, int] | None = None
+    #: Pixels per raw value 0..7 (full check).
+    mask_counts: np.ndarray | None = None
+    image_md5: str | None = None
+    image_mean: tuple[float, ...] | None = None
 
 
-def _inspect_png(path: str, kind: str, full: bool) -> tuple[list[str], tuple[int, int] | None, np.ndarray | None]:
-    """Check one file. Returns (problem messages, (width, height), raw value counts for masks)."""
+# -- per-file checks (run on worker threads) ---------------------------------------------------
+
+
+def _header(path: str, kind: str) -> tuple[list[str], tuple[int, int] | None]:
+    """Problems with a PNG's header (format, mode, bit depth) and its (width, height)."""
     try:
         with Image.open(path) as img:
             size, mode, fmt = img.size, img.mode, img.format
-            if fmt != "PNG":
-                return [f"not a PNG file (format {fmt})"], size, None
-            if kind == "image" and mode != "RGB":
-                bands = len(img.getbands())
-                return [f"image is not 3-channel RGB (mode {mode}, {bands} band(s))"], size, None
-            if kind == "mask" and mode not in _SINGLE_BAND_MODES:
-                return [f"mask is not single-channel (mode {mode})"], size, None
-            if not full:
-                return [], size, None
-            img.load()
-            if kind == "image":
-                return [], size, None
-            values = np.asarray(img)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        return [unreadable_message(exc)], None, None
-    counts = np.bincount(values.reshape(-1).astype(np.int64), minlength=MAX_RAW_VALUE + 1)
-    bad = np.flatnonzero(counts[MAX_RAW_VALUE + 1 :]) + MAX_RAW_VALUE + 1
-    problems = []
-    if len(bad):
-        listed = ", ".join(str(v) for v in bad[:10]) + (" ..." if len(bad) > 10 else "")
-        problems.append(f"mask values outside 0..{MAX_RAW_VALUE}: {listed}")
-    return problems, size, counts[: MAX_RAW_VALUE + 1]
+        return [unreadable_message(exc)], None
+    if fmt != "PNG":
+        return [f"not a PNG file (format {fmt})"], size
+    if kind == "image" and mode != "RGB":
+        return [f"image is not 3-channel RGB (mode {mode}, {Image.getmodebands(mode)} band(s))"], size
+    if kind == "mask" and mode in _WIDE_MODES:
+        return [f"mask is 16-bit (mode {mode}); LoveDA masks are 8-bit single-channel PNGs with "
+                f"values 0..{MAX_RAW_VALUE}: save it as 8-bit (mode L)"], size
+    if kind == "mask" and mode not in _MASK_MODES:
+        return [f"mask is not 8-bit single-channel (mode {mode})"], size
+    return [], size
 
 
-def _inspect_pair(args: tuple[str | None, str | None, bool]) -> tuple[list[Problem], tuple[int, int] | None, np.ndarray | None]:
-    image, mask, full = args
-    problems: list[Problem] = []
-    image_size = mask_size = counts = None
-    if image is not None:
-        msgs, image_size, _ = _inspect_png(image, "image", full)
-        problems += [Problem(image, m) for m in msgs]
-    if mask is not None:
-        msgs, mask_size, counts = _inspect_png(mask, "mask", full)
-        problems += [Problem(mask, m) for m in msgs]
-    if image_size and mask_size and image_size != mask_size:
-        problems.append(
-            Problem(image, f"image is {image_size[0]}x{image_size[1]} but its mask {mask} is "
-                    f"{mask_size[0]}x{mask_size[1]}")
-        )
-    return problems, image_size, counts
+def _decode(path: str, kind: str) -> tuple[np.ndarray | None, str | None]:
+    """The decoded array, or the problem message (the reader's own, without the path)."""
+    try:
+        return read_png(path, kind), None  # type: ignore[arg-type]
+    except InvalidDataError as exc:
+        return None, str(exc).removeprefix(f"{path}: ")
 
 
-def _pngs(folder: Path) -> dict[str, Path]:
-    if not folder.is_dir():
-        return {}
-    return {p.name: p for p in folder.iterdir() if p.suffix.lower() == ".png"}
+def _mask_values(values: np.ndarray, full: bool) -> tuple[list[str], np.ndarray | None]:
+    """Values outside 0..7 as a problem; with ``full`` the pixels per raw value 0..7."""
+    counts: np.ndarray | None = None
+    bad: np.ndarray
+    if full:
+        counts = np.bincount(values.reshape(-1), minlength=MAX_RAW_VALUE + 1)
+        bad = np.flatnonzero(counts[MAX_RAW_VALUE + 1:]) + MAX_RAW_VALUE + 1
+    elif values.max() > MAX_RAW_VALUE:
+        bad = np.unique(values[values > MAX_RAW_VALUE])
+    else:
+        bad = np.empty(0, dtype=np.int64)
+    if not len(bad):
+        return [], None if counts is None else counts[: MAX_RAW_VALUE + 1]
+    listed = ", ".join(str(v) for v in bad[:10]) + (" ..." if len(bad) > 10 else "")
+    return [f"mask values outside 0..{MAX_RAW_VALUE}: {listed}"], None
 
 
-def list_pairs(root: Path, split: str, scene: str) -> tuple[list[tuple[Path | None, Path | None]], list[Problem]]:
-    """Pair images and masks of one ``<split>/<scene>`` folder by file name; report what is missing."""
+def _inspect_image(job: _TileJob, facts: _TileFacts) -> None:
+    path = job.image
+    assert path is not None
+    messages, facts.image_size = _header(path, "image")
+    if messages or not job.full:
+        facts.problems += [Problem(path, m) for m in messages]
+        return
+    if job.want_md5:
+        with open(path, "rb") as f:
+            facts.image_md5 = hashlib.file_digest(f, "md5").hexdigest()
+        if facts.image_md5 == job.expected_md5:
+            return  # the released file byte for byte: it decodes (and its means are the release's)
+    pixels, message = _decode(path, "image")
+    if message is not None:
+        facts.problems.append(Problem(path, message))
+    elif job.want_mean and pixels is not None:
+        sums = pixels.reshape(-1, 3).sum(axis=0, dtype=np.uint64)
+        facts.image_mean = tuple(float(s) / (pixels.shape[0] * pixels.shape[1]) for s in sums)
+
+
+def _inspect_mask(job: _TileJob, facts: _TileFacts) -> None:
+    path = job.mask
+    assert path is not None
+    messages, facts.mask_size = _header(path, "mask")
+    if not messages:
+        values, message = _decode(path, "mask")
+        if message is not None:
+            messages = [message]
+        elif values is not None:
+            messages, facts.mask_counts = _mask_values(values, job.full)
+    facts.problems += [Problem(path, m) for m in messages]
+
+
+def _inspect_tile(job: _TileJob) -> _TileFacts:
+    facts = _TileFacts()
+    if job.image is not None:
+        _inspect_image(job, facts)
+    if job.mask is not None:
+        _inspect_mask(job, facts)
+    if job.image and facts.image_size and facts.mask_size and facts.image_size != facts.mask_size:
+        (w, h), (mw, mh) = facts.image_size, facts.mask_size
+        facts.problems.append(Problem(job.image, f"image is {w}x{h} but its mask {job.mask} is {mw}x{mh}"))
+    return facts
+
+
+# -- the tree ----------------------------------------------------------------------------------
+
+
+def list_pairs(root: Path, split: str, scene: str) -> tuple[list[tuple[Path | None, Path | None]], list[Problem], list[str]]:
+    """Pair the images and masks the loader reads in one ``<split>/<scene>`` folder by file name.
+
+    Returns the pairs, the problems (missing folders or partners, skipped tiles) and the other
+    files the loader ignores.
+    """
     folder = root / split / scene
-    problems: list[Problem] = []
     if not folder.is_dir():
-        return [], [Problem(str(folder), f"{split}/{scene} folder missing")]
+        return [], [Problem(str(folder), f"{split}/{scene} folder missing")], []
     images_dir, masks_dir = folder / IMAGES_DIR, folder / MASKS_DIR
     has_masks = split in SPLITS_WITH_MASKS
+    problems: list[Problem] = []
     if not images_dir.is_dir():
         problems.append(Problem(str(images_dir), f"{IMAGES_DIR}/ folder missing"))
     if has_masks and not masks_dir.is_dir():
         problems.append(Problem(str(masks_dir), f"{MASKS_DIR}/ folder missing"))
-    images, masks = _pngs(images_dir), _pngs(masks_dir) if has_masks else {}
+    ignored: list[str] = []
+    for tile_dir in (images_dir, masks_dir) if has_masks else (images_dir,):
+        tiles, other = skipped_files(tile_dir)
+        problems += [Problem(str(p), f"skipped by the loader, which reads {tile_dir.name}/*.png "
+                                     "(lower-case .png, not hidden): rename or convert it")
+                     for p in tiles]
+        ignored += [str(p) for p in other]
+    images = {p.name: p for p in loader_files(images_dir)}
+    masks = {p.name: p for p in loader_files(masks_dir)} if has_masks else {}
     if images_dir.is_dir() and not images:
         problems.append(Problem(str(images_dir), "no PNG images in this folder"))
     pairs: list[tuple[Path | None, Path | None]] = []
@@ -213,7 +225,7 @@ def list_pairs(root: Path, split: str, scene: str) -> tuple[list[tuple[Path | No
         elif has_masks and mask is None and masks_dir.is_dir():
             problems.append(Problem(str(image), f"image without mask (no {MASKS_DIR}/{name})"))
         pairs.append((image, mask))
-    return pairs, problems
+    return pairs, problems, ignored
 
 
 def _natural_key(name: str) -> tuple[int, str]:
@@ -227,6 +239,9 @@ def check_tree(
     scenes: str | Sequence[str] = SCENES,
     level: str = "full",
     workers: int | None = None,
+    *,
+    release: bool = True,
+    complete: bool = False,
 ) -> DataReport:
     """Validate a LoveDA tree and return a :class:`DataReport` (never raises for bad data).
 
@@ -234,86 +249,115 @@ def check_tree(
         root: the LoveDA root (holding ``Train/``, ``Val/``, ``Test/``).
         splits: splits to check (all three by default); each one named must be present.
         scenes: ``"both"``, ``"urban"``, ``"rural"`` or a list of them.
-        level: ``"quick"`` (pairing and headers) or ``"full"`` (decode everything).
-        workers: processes for the full check (default: the CPU count).
+        level: ``"quick"`` (pairing, headers, mask values) or ``"full"`` (decode everything).
+        workers: threads that check tiles (default: the CPU count).
+        release: compare every tile present with the LoveDA release manifest (not done for a
+            synthetic mini-LoveDA; pass ``False`` for other data in LoveDA's layout).
+        complete: also require every release tile of ``splits`` and ``scenes``.
 
     Raises:
         DatasetNotFoundError: when ``root`` itself is not a folder.
+        ValueError: for an unknown ``level``, split or scene.
     """
-    if level not in ("quick", "full"):
-        raise ValueError(f"level={level!r}: use 'quick' or 'full'")
+    if level not in LEVELS:
+        raise ValueError(f"level={level!r}: use one of {', '.join(LEVELS)}")
     root = Path(root)
     if not root.is_dir():
         raise DatasetNotFoundError(
             f"LoveDA root not found: {root} is not a folder. Pass the folder that holds "
-            "Train/, Val/ and Test/ (from the released zips), or generate a mini-LoveDA with "
+            "Train/, Val/ and Test/ (from the released zips: `python -m loveda_utils "
+            "download-data ROOT`), or generate a mini-LoveDA with "
             "`python -m loveda_utils make-synthetic OUT`."
         )
     splits = [normalize_split(s) for s in splits]
-    scenes = normalize_scenes(scenes)
+    scenes = normalize_scenes(scenes if isinstance(scenes, str) else tuple(scenes))
     full = level == "full"
-    problems: list[Problem] = []
-    summaries: list[SceneSummary] = []
-    jobs: list[tuple[SceneSummary, tuple[str | None, str | None, bool]]] = []
+    synthetic = is_synthetic(root)
+    compare = (release or complete) and not synthetic
+    report = DataReport(root=root, level=level, problems=[], summaries=[])
+    jobs: list[tuple[SceneSummary, _TileJob]] = []
     for split in splits:
         if not (root / split).is_dir():
-            problems.append(Problem(str(root / split), f"split folder {split}/ missing"))
+            report.problems.append(Problem(str(root / split), f"split folder {split}/ missing"))
             continue
         for scene in scenes:
-            pairs, found = list_pairs(root, split, scene)
-            problems += found
+            pairs, found, ignored = list_pairs(root, split, scene)
+            report.problems += found
+            report.ignored += ignored
             summary = SceneSummary(split, scene)
             summary.n_images = sum(1 for image, _ in pairs if image is not None)
             summary.n_masks = sum(1 for _, mask in pairs if mask is not None)
             summary.raw_counts = np.zeros(MAX_RAW_VALUE + 1, dtype=np.int64) if full else None
-            summaries.append(summary)
-            jobs += [(summary, (_str(i), _str(m), full)) for i, m in pairs]
+            report.summaries.append(summary)
+            jobs += [(summary, _job(image, mask, full, compare)) for image, mask in pairs]
 
-    for summary, (found, size, counts) in zip(
-        (s for s, _ in jobs), _map(_inspect_pair, [a for _, a in jobs], full, workers)
-    ):
-        problems += found
-        if size is not None:
-            summary.sizes.add(size)
-        if counts is not None and summary.raw_counts is not None:
-            summary.raw_counts += counts
-    return DataReport(root=root, level=level, problems=problems, summaries=summaries)
+    results = _map(_inspect_tile, [job for _, job in jobs], workers)
+    present: dict[tuple[str, str], set[int]] = {(s.split, s.scene): set() for s in report.summaries}
+    differing = 0
+    for (summary, job), facts in zip(jobs, results):
+        report.problems += facts.problems
+        if facts.image_size is not None:
+            summary.sizes.add(facts.image_size)
+        if facts.mask_counts is not None and summary.raw_counts is not None:
+            summary.raw_counts += facts.mask_counts
+        if compare:
+            found = _compare(summary, job, facts, present)
+            differing += bool(found)
+            report.problems += found
+
+    if synthetic and (release or complete):
+        report.release = ReleaseCoverage(synthetic=True, release_tiles=len(manifest.release_tiles()))
+        if complete:
+            report.problems.append(Problem(str(root), "--complete: this is the synthetic "
+                                                      "mini-LoveDA, not the LoveDA release"))
+    elif compare:
+        report.release = manifest.coverage(present)
+        report.release.compared, report.release.differing = len(jobs), differing
+        if complete:
+            report.problems += _missing(root, splits, scenes, present)
+    return report
+
+
+def _job(image: Path | None, mask: Path | None, full: bool, compare: bool) -> _TileJob:
+    row = manifest.release_row((image or mask).name) if compare else None  # type: ignore[union-attr]
+    md5 = row.image_md5 if row is not None else None
+    return _TileJob(_str(image), _str(mask), full, expected_md5=md5,
+                    want_md5=full and md5 is not None,
+                    want_mean=full and row is not None and md5 is None)
+
+
+def _compare(summary: SceneSummary, job: _TileJob, facts: _TileFacts,
+             present: dict[tuple[str, str], set[int]]) -> list[Problem]:
+    name = Path(job.image or job.mask or "").name
+    row = manifest.release_row(name)
+    if row is not None and job.image is not None and (row.split, row.scene) == (summary.split, summary.scene):
+        present[(summary.split, summary.scene)].add(row.id)
+    return manifest.compare_tile(
+        row, summary.split, summary.scene, job.image, job.mask, image_size=facts.image_size,
+        image_md5=facts.image_md5, image_mean=facts.image_mean, mask_counts=facts.mask_counts)
+
+
+def _missing(root: Path, splits: Sequence[str], scenes: Sequence[str],
+             present: dict[tuple[str, str], set[int]]) -> list[Problem]:
+    found = (manifest.missing_tiles(root / split / scene, split, scene,
+                                    present.get((split, scene), set()))
+             for split in splits for scene in scenes)
+    return [p for p in found if p is not None]
 
 
 def _str(path: Path | None) -> str | None:
     return None if path is None else str(path)
 
 
-def _map(fn, items: list, full: bool, workers: int | None):
-    """Decode in parallel for the full check (PNG decoding is CPU-bound); headers in-process."""
-    workers = workers if workers is not None else (os.cpu_count() or 1)
-    if not full or workers <= 1 or len(items) < 16:
-        return map(fn, items)
-    # spawn, not fork: the caller may hold threads (torch, Jupyter) that fork would copy mid-lock.
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-        return list(pool.map(fn, items, chunksize=8))
+def _map(fn: Callable[[_TileJob], _TileFacts], items: list[_TileJob], workers: int | None) -> Iterable[_TileFacts]:
+    """Check tiles on ``workers`` threads (default: the CPU count).
 
-
-def class_frequencies(report: DataReport):
-    """Pixel counts per split/scene/class from a full report, as a tidy ``pandas.DataFrame``.
-
-    Columns: ``split``, ``scene``, ``class`` (``"no-data"`` or a class name), ``pixels``, ``share``
-    (of all pixels of that split/scene) and ``labelled_share`` (of the labelled pixels).
+    Threads, not processes: the costly steps (libpng/zlib decoding, MD5) release the GIL, and
+    threads need no start-up (a process would import torch through this package) and no
+    ``if __name__ == "__main__"`` guard in the caller's script.
     """
-    import pandas as pd
-
-    if report.level != "full":
-        raise ValueError("class_frequencies needs check_tree(..., level='full')")
-    rows = []
-    for s in report.summaries:
-        counts = s.raw_counts
-        total, labelled = int(counts.sum()), int(counts[1:].sum())
-        for raw, n in enumerate(counts):
-            name = "no-data" if raw == 0 else CLASS_NAMES[raw - 1]
-            rows.append({
-                "split": s.split, "scene": s.scene, "class": name, "pixels": int(n),
-                "share": n / total if total else 0.0,
-                "labelled_share": (n / labelled if labelled else 0.0) if raw else float("nan"),
-            })
-    return pd.DataFrame(rows)
+    workers = workers if workers is not None else (os.cpu_count() or 1)
+    if workers <= 1 or len(items) < _POOL_MIN_TILES:
+        return map(fn, items)
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="check-data") as pool:
+        return list(pool.map(fn, items))

@@ -7,8 +7,10 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from loveda_utils import paths
 from loveda_utils.data import root as data_root
@@ -64,6 +66,21 @@ def test_invalid_data_refused_up_front(tiny_tree: Path) -> None:
     with pytest.raises(InvalidDataError, match=r"Train/Rural/images_png/2\.png: image without mask") as info:
         dm.setup("fit")
     assert len(info.value.problems) == 1
+
+
+@pytest.mark.parametrize(("dtype", "value", "message"), [
+    (np.uint16, 257, "mask is 16-bit"),  # 257 would wrap round to 1 (background) in uint8
+    (np.uint8, 9, "mask values outside 0..7: 9"),
+])
+def test_default_check_refuses_bad_mask_values(tiny_tree: Path, dtype, value: int, message: str) -> None:
+    path = tiny_tree / "Train" / "Urban" / "masks_png" / "1.png"
+    mask = np.asarray(Image.open(path)).astype(dtype)
+    mask[5, 5] = value
+    Image.fromarray(mask).save(path)
+    dm = LoveDADataModule(tiny_tree, crop_size=32, num_workers=0)
+    with pytest.raises(InvalidDataError, match=rf"Train/Urban/masks_png/1\.png: {message}"):
+        dm.setup("fit")
+    assert dm.train_dataset is None
 
 
 def test_crop_larger_than_tile(tiny_tree: Path) -> None:
