@@ -133,8 +133,8 @@ def _smp(
 
 # MMSeg's LoveDA configs use dilated "-D8" ResNets for DeepLabV3+ and PSPNet; the smp
 # entries follow (output stride 8), as torchvision's FCN/DeepLabV3 do already.
-_D8 = {"encoder_output_stride": 8}
-_PSP_D8 = {"encoder_depth": 5, "output_stride": 8, "upsampling": 8}
+_D8: dict[str, Any] = {"encoder_output_stride": 8}
+_PSP_D8: dict[str, Any] = {"encoder_depth": 5, "output_stride": 8, "upsampling": 8}
 
 #: The one registry. Adding a model = adding one entry; ``tags`` are space-separated TAGS keys.
 # fmt: off

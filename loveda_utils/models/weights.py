@@ -73,7 +73,7 @@ import os
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from torch import Tensor
 
@@ -257,7 +257,6 @@ IMAGENET_SOURCES: dict[str, Callable[[SegmentationModel], None]] = {
 _TORCHGEO_ENUMS = {
     "resnet18": "ResNet18_Weights",
     "resnet50": "ResNet50_Weights",
-    "resnet152": "ResNet152_Weights",
 }
 
 
@@ -278,11 +277,9 @@ def _resolve_torchgeo_weights(spec: ModelSpec, name: str) -> WeightsEnum:
             f"or an existing file, and torchgeo has no weights for its backbone "
             f"{spec.encoder!r} ({spec.backbone}). Use 'imagenet', 'none' or a state-dict path."
         )
-    enum = getattr(torchgeo.models, enum_name, None)
-    if (
-        not (isinstance(enum, type) and issubclass(enum, WeightsEnum))
-        or member not in enum.__members__
-    ):
+    enum: Any = getattr(torchgeo.models, enum_name, None)
+    is_weights_enum = isinstance(enum, type) and issubclass(enum, WeightsEnum)
+    if not is_weights_enum or member not in enum.__members__:
         raise WeightsError(
             f"pretrained={name!r} for model {spec.name!r} is neither 'none', 'imagenet', "
             f"'default', an existing file, nor torchgeo weights. RGB torchgeo weights for its "

@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import Any
 
 import torch
@@ -27,7 +28,7 @@ from torch import Tensor, nn
 from ..data.classes import NUM_CLASSES
 from ..errors import ConfigError
 from .registry import ModelSpec, get_spec
-from .weights import IMAGENET_NORMALIZATION, Normalization, load_pretrained
+from .weights import IMAGENET_NORMALIZATION, load_pretrained
 
 __all__ = ["NET_FAMILIES", "NetFamily", "SegmentationModel", "build_model"]
 
@@ -61,7 +62,7 @@ def _build_torchvision(spec: ModelSpec, num_classes: int, aux_loss: bool) -> nn.
     return builder(num_classes=num_classes, **kwargs)
 
 
-def _torchvision_logits(net: nn.Module, x: Tensor, with_aux: bool) -> tuple[Tensor, Tensor | None]:
+def _torchvision_logits(net: Any, x: Tensor, with_aux: bool) -> tuple[Tensor, Tensor | None]:
     # The backbone's IntermediateLayerGetter returns the aux features for free; only the aux
     # *head* costs, so it runs only when asked for.
     features = net.backbone(x)
@@ -91,8 +92,8 @@ def _build_smp(spec: ModelSpec, num_classes: int, aux_loss: bool) -> nn.Module:
 
 #: One entry per ``ModelSpec.family``; a new family adds its builder here.
 NET_FAMILIES: dict[str, NetFamily] = {
-    "torchvision": NetFamily(_build_torchvision, lambda net: net.backbone, _torchvision_logits),
-    "smp": NetFamily(_build_smp, lambda net: net.encoder, lambda net, x, _: (net(x), None)),
+    "torchvision": NetFamily(_build_torchvision, attrgetter("backbone"), _torchvision_logits),
+    "smp": NetFamily(_build_smp, attrgetter("encoder"), lambda net, x, _: (net(x), None)),
 }
 
 
@@ -124,19 +125,14 @@ class SegmentationModel(nn.Module):
     mean: Tensor
     std: Tensor
 
-    def __init__(
-        self,
-        spec: ModelSpec,
-        net: nn.Module,
-        num_classes: int,
-        norm: Normalization = IMAGENET_NORMALIZATION,
-        pretrained: str = "none",
-    ) -> None:
+    def __init__(self, spec: ModelSpec, net: nn.Module, num_classes: int) -> None:
         super().__init__()
         self.spec = spec
         self.net = net
         self.num_classes = num_classes
-        self.pretrained = pretrained
+        # Random initialisation until weights.load_pretrained says otherwise.
+        norm = IMAGENET_NORMALIZATION
+        self.pretrained = "none"
         self.normalization = norm.text
         self.aux_loss = getattr(net, "aux_classifier", None) is not None
         self._family = NET_FAMILIES[spec.family]
@@ -146,9 +142,9 @@ class SegmentationModel(nn.Module):
         self._stride = self._input_divisor(net)
 
     @staticmethod
-    def _input_divisor(net: nn.Module) -> int:
-        if getattr(net, "requires_divisible_input_shape", False):
-            return int(net.encoder.output_stride)  # type: ignore[union-attr]
+    def _input_divisor(net: Any) -> int:
+        if getattr(net, "requires_divisible_input_shape", False):  # smp
+            return int(net.encoder.output_stride)
         return 1
 
     def backbone_module(self) -> nn.Module:
