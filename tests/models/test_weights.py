@@ -430,3 +430,13 @@ def test_safetensors_files_load_through_safetensors(tmp_path: Path) -> None:
     with pytest.raises(WeightsError) as info:
         build_model("unet_resnet18", pretrained=str(fake))
     assert not marker.exists() and str(fake) in str(info.value)
+
+
+def test_a_family_without_imagenet_weights_says_what_to_use(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from loveda_utils.models import weights
+
+    monkeypatch.delitem(weights.IMAGENET_SOURCES, "smp")
+    with pytest.raises(WeightsError, match=r"'unet_resnet18'.*'smp' has no ImageNet.*'default'"):
+        build_model("unet_resnet18", pretrained="imagenet")
