@@ -26,7 +26,9 @@ Weights are never downloaded here. ``pretrained`` (of
   missing and unexpected.
 
 A missing file offline raises :class:`~loveda_utils.errors.WeightsError` at once, naming the
-file, the URL (or Hub repository) to fetch it from and the folder to put it in.
+file, the URL (or Hub repository) to fetch it from, the folder to put it in and the
+``python -m loveda_utils fetch-weights`` command that does it; :func:`weight_files` says
+which files a choice reads, for that command and for the loaders here.
 
 Normalisation per weights
 -------------------------
@@ -62,8 +64,9 @@ were read for each entry; the choice is keyed by the weights' ``meta["dataset"]`
 
 ``model.normalization`` holds the short form of the choice for the results record.
 
-Extending: a keyword choice is one entry of :data:`KEYWORD_SOURCES`; ImageNet weights of a
-new registry family are one entry of :data:`IMAGENET_SOURCES`; new EO weights need their
+Extending: a keyword choice is one entry of :data:`KEYWORD_SOURCES` (and of
+:data:`KEYWORD_FILES`, the files it reads); ImageNet weights of a new registry family are one
+entry of :data:`IMAGENET_SOURCES` (and of :data:`IMAGENET_FILES`); new EO weights need their
 dataset's normalisation in :data:`_EO_NORMALIZATION` (and their enum in :data:`_TORCHGEO_ENUMS`).
 """
 
@@ -79,7 +82,8 @@ from torch import Tensor
 
 from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from ..errors import WeightsError
-from .caches import find_url_file, hf_cached, hf_hub_cache
+from .caches import WeightFile, hf_weight_file, require_weight_file, torch_hub_weight_file
+from .registry import get_spec
 from .state_dict import (
     BACKBONE_PREFIXES,
     WRAPPER_PREFIXES,
@@ -99,11 +103,13 @@ if TYPE_CHECKING:
     from .wrapper import SegmentationModel
 
 __all__ = [
+    "IMAGENET_FILES",
     "IMAGENET_NORMALIZATION",
     "IMAGENET_SOURCES",
     "KEYWORD_SOURCES",
     "Normalization",
     "load_pretrained",
+    "weight_files",
 ]
 
 
@@ -165,16 +171,26 @@ def load_pretrained(model: SegmentationModel, pretrained: str | os.PathLike[str]
     The choice is, in this order: ``"default"`` (replaced by the entry's own weights), a
     keyword of :data:`KEYWORD_SOURCES`, a path to a file, else a torchgeo weights name.
     """
+    choice = _resolve_choice(model.spec, pretrained)
+    if isinstance(choice, Path):
+        _load_file(model, choice)
+    elif choice in KEYWORD_SOURCES:
+        KEYWORD_SOURCES[choice](model)
+    else:
+        _load_torchgeo(model, _resolve_torchgeo_weights(model.spec, choice))
+
+
+def _resolve_choice(spec: ModelSpec, pretrained: str | os.PathLike[str] | None) -> str | Path:
+    """A keyword of :data:`KEYWORD_SOURCES`, a file path, or else a torchgeo weights name."""
     choice: str | os.PathLike[str] = "none" if pretrained is None else pretrained
     if isinstance(choice, str) and choice.strip().lower() == "default":
-        choice = model.spec.default_pretrained
+        choice = spec.default_pretrained
     keyword = choice.strip().lower() if isinstance(choice, str) else None
     if keyword is not None and keyword in KEYWORD_SOURCES:
-        KEYWORD_SOURCES[keyword](model)
-    elif looks_like_path(choice):
-        _load_file(model, Path(choice).expanduser())
-    else:
-        _load_torchgeo(model, _resolve_torchgeo_weights(model.spec, str(choice)))
+        return keyword
+    if looks_like_path(choice):
+        return Path(choice).expanduser()
+    return str(choice)
 
 
 def _load_none(model: SegmentationModel) -> None:
@@ -185,10 +201,7 @@ def _load_none(model: SegmentationModel) -> None:
 def _load_imagenet(model: SegmentationModel) -> None:
     source = IMAGENET_SOURCES.get(model.spec.family)
     if source is None:
-        raise WeightsError(
-            f"pretrained='imagenet' for model {model.spec.name!r}: its family "
-            f"{model.spec.family!r} has no ImageNet weights. Use pretrained='default' or 'none'."
-        )
+        raise _no_imagenet(model.spec)
     source(model)
     model.set_normalization(*IMAGENET_NORMALIZATION)
     model.pretrained = "imagenet"
@@ -198,43 +211,19 @@ def _load_imagenet(model: SegmentationModel) -> None:
 
 
 def _imagenet_torchvision(model: SegmentationModel) -> None:
-    import torchvision
-
-    spec = model.spec
-    weights = torchvision.models.get_model_weights(spec.encoder).IMAGENET1K_V1
-    path = find_url_file(weights.url, f"ImageNet backbone weights {weights!r} of {spec.name!r}")
+    file = _imagenet_torchvision_file(model.spec)
+    path = require_weight_file(file)
     # torchvision MobileNetV3 keeps its layers under "features."; the segmentation backbone
     # is that Sequential itself.
     _load_backbone(
-        model, read_state_dict(path), f"{weights!r} ({path})", extra_prefixes=("features.",)
+        model, read_state_dict(path), f"{file.url} ({path})", extra_prefixes=("features.",)
     )
 
 
 def _imagenet_smp(model: SegmentationModel) -> None:
-    from segmentation_models_pytorch.encoders import encoders
-
-    spec = model.spec
-    settings = encoders[spec.encoder]["pretrained_settings"].get("imagenet")
-    if settings is None:
-        raise WeightsError(
-            f"pretrained='imagenet' for model {spec.name!r}: smp encoder {spec.encoder!r} has "
-            "no 'imagenet' weights. Use pretrained='none' or a state-dict path."
-        )
-    repo_id, revision = settings["repo_id"], settings["revision"]
-    path = hf_cached(repo_id, "model.safetensors", revision)
-    if path is None:
-        cache = hf_hub_cache()
-        raise WeightsError(
-            f"ImageNet encoder weights of {spec.name!r} not found offline: smp "
-            f"{spec.encoder!r} reads 'model.safetensors' from the Hugging Face repo "
-            f"{repo_id!r} at revision {revision}, expected under {cache} (HF_HUB_CACHE, "
-            f"else $HF_HOME/hub). Nothing is downloaded here; on a machine with internet "
-            f'run `python -c "from huggingface_hub import hf_hub_download; '
-            f"hf_hub_download('{repo_id}', 'model.safetensors', revision='{revision}', "
-            f"cache_dir='{cache}')\"` and copy that cache over. Or pass pretrained='none' "
-            f"or a path to a local {spec.encoder} state-dict file."
-        )
-    _load_backbone(model, read_state_dict(path), f"smp {repo_id}@{revision[:8]} ({path})")
+    file = _imagenet_smp_file(model.spec)
+    path = require_weight_file(file)
+    _load_backbone(model, read_state_dict(path), f"{file.url} ({path})")
 
 
 #: Loaders of the keyword choices of ``pretrained`` (lower case).
@@ -247,6 +236,82 @@ KEYWORD_SOURCES: dict[str, Callable[[SegmentationModel], None]] = {
 IMAGENET_SOURCES: dict[str, Callable[[SegmentationModel], None]] = {
     "torchvision": _imagenet_torchvision,
     "smp": _imagenet_smp,
+}
+
+
+# --------------------------------------------------------------------------- which files
+# What each choice reads from the caches: one place, used by the loaders above and by the
+# fetch-weights command (loveda_utils/models/fetch.py), so the two cannot disagree.
+
+
+def weight_files(
+    model: str | ModelSpec, pretrained: str | os.PathLike[str] | None = "default"
+) -> list[WeightFile]:
+    """The files ``build_model(model, pretrained=pretrained)`` reads from the caches.
+
+    Empty for ``"none"`` and for a state-dict path (nothing to fetch). Unknown models raise
+    ``UnknownModelError``; weights that do not fit the model raise ``WeightsError``.
+    """
+    spec = get_spec(model) if isinstance(model, str) else model
+    choice = _resolve_choice(spec, pretrained)
+    if isinstance(choice, Path):
+        return []
+    if choice in KEYWORD_FILES:
+        return KEYWORD_FILES[choice](spec)
+    return [_torchgeo_file(spec, _resolve_torchgeo_weights(spec, choice))]
+
+
+def _imagenet_files(spec: ModelSpec) -> list[WeightFile]:
+    file = IMAGENET_FILES.get(spec.family)
+    if file is None:
+        raise _no_imagenet(spec)
+    return [file(spec)]
+
+
+def _no_imagenet(spec: ModelSpec) -> WeightsError:
+    return WeightsError(
+        f"pretrained='imagenet' for model {spec.name!r}: its family {spec.family!r} has no "
+        "ImageNet weights. Use pretrained='default' or 'none'."
+    )
+
+
+def _imagenet_torchvision_file(spec: ModelSpec) -> WeightFile:
+    import torchvision
+
+    weights = torchvision.models.get_model_weights(spec.encoder).IMAGENET1K_V1
+    return torch_hub_weight_file(spec.name, "imagenet", weights.url)
+
+
+def _imagenet_smp_file(spec: ModelSpec) -> WeightFile:
+    from segmentation_models_pytorch.encoders import encoders
+
+    settings = encoders[spec.encoder]["pretrained_settings"].get("imagenet")
+    if settings is None:
+        raise WeightsError(
+            f"pretrained='imagenet' for model {spec.name!r}: smp encoder {spec.encoder!r} has "
+            "no 'imagenet' weights. Use pretrained='none' or a state-dict path."
+        )
+    # smp 0.6 pins a commit per encoder and reads model.safetensors from it (its config.json
+    # only describes the encoder, which the registry builds itself).
+    repo_id, revision = settings["repo_id"], settings["revision"]
+    return hf_weight_file(spec.name, "imagenet", repo_id, "model.safetensors", revision)
+
+
+def _torchgeo_file(spec: ModelSpec, weights: WeightsEnum) -> WeightFile:
+    # torchgeo's get_state_dict() caches by URL in the torch hub folder, so its files go there.
+    return torch_hub_weight_file(spec.name, repr(weights), weights.url)
+
+
+#: The files each keyword of :data:`KEYWORD_SOURCES` reads (the same keys).
+KEYWORD_FILES: dict[str, Callable[[ModelSpec], list[WeightFile]]] = {
+    "none": lambda spec: [],
+    "": lambda spec: [],
+    "imagenet": _imagenet_files,
+}
+#: The ImageNet file of each family of :data:`IMAGENET_SOURCES` (the same keys).
+IMAGENET_FILES: dict[str, Callable[[ModelSpec], WeightFile]] = {
+    "torchvision": _imagenet_torchvision_file,
+    "smp": _imagenet_smp_file,
 }
 
 
@@ -324,7 +389,7 @@ def _rgb_choices(enum_name: str | None) -> str:
 def _load_torchgeo(model: SegmentationModel, weights: WeightsEnum) -> None:
     full = repr(weights)
     # Never weights.get_state_dict(): it would download when the file is absent.
-    path = find_url_file(weights.url, f"torchgeo weights {full}")
+    path = require_weight_file(_torchgeo_file(model.spec, weights))
     # torchgeo's ResNets are timm ResNets with torchvision's key names (conv1, bn1,
     # layer{1-4}...); only the classifier "fc" has no counterpart in a segmentation encoder.
     state = {k: v for k, v in read_state_dict(path).items() if not k.startswith("fc.")}
