@@ -131,8 +131,11 @@ def file_label(file: WeightFile) -> str:
 
 
 def _unique(files: Iterable[WeightFile]) -> list[WeightFile]:
-    """One entry per destination: several models often share one backbone file."""
-    return list({file.path: file for file in reversed(list(files))}.values())[::-1]
+    """One entry per destination, in order: several models often share one backbone file."""
+    first: dict[Path, WeightFile] = {}
+    for file in files:
+        first.setdefault(file.path, file)
+    return list(first.values())
 
 
 def _hf_repo_dir(file: WeightFile) -> Path:
@@ -198,6 +201,13 @@ def _verify_cached(file: WeightFile, found: Path) -> str | None:
     """The problem with a file already in a cache, or None."""
     blob = found.resolve().name  # the Hub cache names its blobs by their SHA-256
     return _verify(file, found, blob if _SHA256.fullmatch(blob) else None)[1]
+
+
+def _remove_cached(found: Path) -> None:
+    """Delete a corrupt cached file: a Hub snapshot link together with its blob."""
+    content = found.resolve()
+    found.unlink()
+    content.unlink(missing_ok=True)
 
 
 # --------------------------------------------------------------------------- placing
@@ -409,7 +419,7 @@ def _fetch_one(
         problem = _verify_cached(file, found)
         if problem is None:
             return FileReport(file, "present", str(found), found.stat().st_size)
-        found.unlink()  # a corrupt cache copy would fail every run: replace it
+        _remove_cached(found)  # a corrupt copy would fail every run: replace it
     key = layout_path(file)
     url = f"{root}/{quote(key)}" if root is not None else file.url
     sha256, size = _hub_metadata(url) if file.hf_file is not None else (None, None)
@@ -511,7 +521,7 @@ def import_files(
             report = FileReport(file, "failed", f"{source} does not exist")
         else:
             if found is not None:
-                found.unlink()  # corrupt: replaced by the folder's copy
+                _remove_cached(found)  # corrupt: replaced by the folder's copy
             part = _part_path(file)
             part.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(source, part)

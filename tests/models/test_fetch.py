@@ -82,6 +82,7 @@ class Served:
     requests: list[tuple[str, str, str | None]] = field(default_factory=list)
     headers: dict[str, dict[str, str]] = field(default_factory=dict)  # extra headers per path
     drop_once: set[str] = field(default_factory=set)  # paths whose next GET stops half-way
+    ignore_range: bool = False  # answer Range requests with the whole file, as some servers do
 
     def gets(self, path: str) -> list[str | None]:
         """The Range header of every GET of ``path``."""
@@ -112,7 +113,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
         data = file.read_bytes()
         start = 0
-        if wanted is not None:
+        if wanted is not None and not state.ignore_range:
             start = int(re.fullmatch(r"bytes=(\d+)-", wanted)[1])  # type: ignore[index]
             if start >= len(data):
                 self.send_response(416)
@@ -389,6 +390,27 @@ def test_an_interrupted_download_resumes_with_a_range_request(
     assert sha256(caches["checkpoints"] / weights.torch_file.name) == sha256(weights.torch_file)
 
 
+@pytest.mark.parametrize("case", ["part already complete", "server ignores Range"])
+def test_resuming_a_part_file_the_server_cannot_extend(
+    caches: dict[str, Path], server: Served, weights: Weights, torch_url: str, case: str
+) -> None:
+    key = serve(server, weights.torch_file, TORCH_MODEL)
+    data = weights.torch_file.read_bytes()
+    part = caches["checkpoints"] / f"{weights.torch_file.name}.part"
+    part.parent.mkdir(parents=True)
+    if case == "part already complete":  # e.g. a run stopped between download and rename
+        part.write_bytes(data)
+        expected_range = f"bytes={len(data)}-"  # answered 416: nothing left to send
+    else:
+        part.write_bytes(data[:1000])
+        server.ignore_range = True  # a 200 with the whole file: start over, do not append
+        expected_range = "bytes=1000-"
+    assert fetch_cli(server, TORCH_MODEL) == 0
+    assert server.gets(key) == [expected_range]
+    assert (caches["checkpoints"] / weights.torch_file.name).read_bytes() == data
+    assert not part.exists()
+
+
 def test_retries_resume_within_the_same_run(
     caches: dict[str, Path], server: Served, weights: Weights
 ) -> None:
@@ -434,6 +456,8 @@ def test_check_needs_no_network_and_reports_each_file(
     cached.write_bytes(bytes(data))
     assert main(check) == 1
     assert f"corrupt: {cached} (SHA-256" in capsys.readouterr().out
+    assert fetch_cli(server, TORCH_MODEL) == 0  # the corrupt copy is replaced
+    assert sha256(cached) == sha256(weights.torch_file)
 
 
 def test_export_import_round_trip_and_an_export_is_a_mirror(
