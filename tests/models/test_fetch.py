@@ -28,6 +28,7 @@ import torch
 from loveda_utils.cli import main
 from loveda_utils.errors import WeightsError
 from loveda_utils.models.fetch import SUMS_FILE, layout_path, needed_files
+from loveda_utils.models.registry import available_models
 from loveda_utils.models.weights import weight_files
 from loveda_utils.models.wrapper import build_model
 
@@ -264,6 +265,29 @@ def test_weight_files_are_what_the_loader_reads_and_its_error_names(
             build_model(model, pretrained=pretrained)
         message = str(info.value)
         assert command in message and str(file.path) in message and file.url in message
+
+
+def test_every_choice_and_family_says_which_files_it_reads() -> None:
+    from loveda_utils.models.weights import (
+        IMAGENET_FILES,
+        IMAGENET_SOURCES,
+        KEYWORD_FILES,
+        KEYWORD_SOURCES,
+    )
+
+    assert set(KEYWORD_FILES) == set(KEYWORD_SOURCES)
+    assert set(IMAGENET_FILES) == set(IMAGENET_SOURCES)
+
+
+@pytest.mark.parametrize("name", available_models())
+def test_every_registry_default_names_a_fetchable_file(caches: dict[str, Path], name: str) -> None:
+    [file] = weight_files(name)
+    assert file.model == name and file.url.startswith("https://")
+    if file.hf_file is None:  # torch hub files carry their hash, as torchvision/torchgeo name them
+        assert file.path.parent == caches["checkpoints"] and file.sha256_prefix
+    else:
+        assert file.path.is_relative_to(caches["hf"])
+    assert layout_path(file).startswith(("torch/hub/checkpoints/", "hf/"))
 
 
 def test_mmseg_profile_check_lists_every_model(caches: dict[str, Path], capsys) -> None:
