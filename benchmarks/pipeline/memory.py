@@ -16,7 +16,7 @@ import torch
 
 from loveda_utils.data.datamodule import LoveDADataModule
 from loveda_utils.evaluation.inference import evaluate
-from loveda_utils.models.registry import build_model
+from loveda_utils.models import build_model
 from loveda_utils.paths import PROJECT_ROOT
 from loveda_utils.runtime import GB, peak_rss_gb
 

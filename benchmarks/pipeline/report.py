@@ -8,6 +8,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from loveda_utils.models.registry import models_tagged
+
 if TYPE_CHECKING:
     from .settings import Settings
 
@@ -21,7 +23,7 @@ TARGETS: dict[str, tuple[float, float]] = {
     "memory 128/8 tiles": (0.0, 1.05),
 }
 #: Which target a model's ours/ceiling ratio is held to.
-LIGHT_MODELS = ("lraspp_mobilenet_v3_large", "deeplabv3_mobilenet_v3_large", "segformer_mit_b0")
+LIGHT_MODELS = tuple(models_tagged("light"))
 #: Targets withdrawn (issue 10) on a CPU of at most this many cores whose every core runs the
 #: forward pass, by (target, tile side): the ratio is still measured and printed, without a
 #: verdict, beside the decode and count time per tile that our path cannot avoid.

@@ -18,7 +18,7 @@ from torch import nn
 
 from loveda_utils.data.datamodule import default_num_workers
 from loveda_utils.data.dataset import LoveDASegmentation
-from loveda_utils.models.registry import build_model
+from loveda_utils.models import build_model
 from loveda_utils.runtime import amp_dtype, autocast, channels_last_for, resolve_device
 
 from .tiles import Tiles

@@ -33,7 +33,7 @@ import yaml
 from ..data.root import resolve_data_root
 from ..data.synthetic import is_synthetic
 from ..errors import ConfigError
-from ..models.registry import get_spec
+from ..models.registry import get_spec, models_tagged
 from ..paths import NOTEBOOKS_DIR, PROJECT_ROOT, RESULTS_DIR
 from ..results.report import render_comparison, write_report
 from ..results.store import (
@@ -70,20 +70,27 @@ class Profile:
         return out
 
 
+def _tagged(tag: str, **overrides: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
+    """The registry models tagged ``tag`` (its members), each with its parameter overrides."""
+    members = models_tagged(tag)
+    if stray := sorted(set(overrides) - set(members)):
+        raise ValueError(f"overrides for {stray}, which do not carry the registry tag {tag!r}")
+    return {name: overrides.get(name, {}) for name in members}
+
+
+#: A profile's models are the registry models carrying the tag of the profile's name.
 PROFILES: dict[str, Profile] = {
     "quick": Profile(
         name="quick",
         description="CPU demo on the embedded mini-LoveDA: small models, short schedule",
-        models={
+        models=_tagged(
+            "quick",
             # torchvision's MobileNetV3 uses BatchNorm momentum 0.01, so its running statistics
             # lag on short schedules (after 150 steps: 5.6% mIoU in eval mode against 34% with
             # batch statistics). It is also the fastest model here, so it gets a longer schedule;
             # it still trails at 400 steps (see the README's notes).
-            "lraspp_mobilenet_v3_large": {"max_steps": 400},
-            "unet_resnet18": {},
-            "deeplabv3plus_resnet18": {},
-            "segformer_mit_b0": {},
-        },
+            lraspp_mobilenet_v3_large={"max_steps": 400},
+        ),
         params={
             "pretrained": "none",  # nothing may download; cached weights can be used via --set
             "max_steps": 150,
@@ -105,18 +112,7 @@ PROFILES: dict[str, Profile] = {
     "mmseg": Profile(
         name="mmseg",
         description="MMSeg's LoveDA protocol on real LoveDA, for a GPU",
-        models={
-            name: {}
-            for name in (
-                "fcn_resnet50", "fcn_resnet101", "deeplabv3_resnet50", "deeplabv3_resnet101",
-                "deeplabv3_mobilenet_v3_large", "lraspp_mobilenet_v3_large",
-                "unet_resnet50", "unetplusplus_resnet50", "fpn_resnet50", "pspnet_resnet101",
-                "deeplabv3plus_resnet50", "deeplabv3plus_resnet101", "upernet_resnet50",
-                "segformer_mit_b2",
-                "unet_resnet50_ssl4eo_moco", "deeplabv3plus_resnet50_ssl4eo_moco",
-                "deeplabv3plus_resnet50_seco", "unet_resnet50_gassl", "upernet_resnet50_satlas",
-            )
-        },
+        models=_tagged("mmseg"),
         params={
             "pretrained": "default",
             "max_steps": 80_000,

@@ -15,7 +15,7 @@ parameters: every step can be switched off (``False``) or replaced (pass a trans
 touching the others.
 
 Images stay ``uint8`` through the pipeline: models normalise on the device (see
-:class:`loveda_utils.models.registry.SegmentationModel`), which moves 4x fewer bytes to the GPU. A
+:class:`loveda_utils.models.wrapper.SegmentationModel`), which moves 4x fewer bytes to the GPU. A
 :func:`normalize` step is provided for pipelines that want float tensors on the CPU.
 
 Samples are dicts ``{"image": uint8 [3, H, W], "mask": uint8 [H, W], ...}``; extra keys pass

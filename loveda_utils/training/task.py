@@ -22,7 +22,7 @@ from ..data.classes import IGNORE_INDEX, NUM_CLASSES
 from ..errors import CheckpointError, ConfigError
 from ..evaluation.inference import labels_from_logits
 from ..evaluation.metrics import PerSceneConfusion, scores_from_confusion
-from ..models.registry import build_model
+from ..models import build_model
 from .callbacks import PeakMemoryMonitor
 
 OPTIMIZERS = ("sgd", "adamw")

@@ -1,36 +1,25 @@
-"""Model zoo: registry, forward contract, offline weight loading and its errors.
-
-Weight files are made here with the real key layouts (torchvision, smp, timm/torchgeo) and
-random values, placed where the caches would hold them (under a temporary TORCH_HOME and
-HF_HOME), and the loaded tensors are compared with the saved ones. The network is blocked
-for the whole module.
-"""
+"""The registry: its entries, name lookup, tags, and that it imports without torch."""
 
 from __future__ import annotations
 
-import os
-import socket
-import urllib.request
+import subprocess
+import sys
 from pathlib import Path
-from urllib.parse import urlparse
 
 import pytest
-import torch
-from torch import nn
 
-from loveda_utils.data.classes import NUM_CLASSES
-from loveda_utils.errors import ConfigError, UnknownModelError, WeightsError
+from loveda_utils.errors import ConfigError, UnknownModelError
 from loveda_utils.models.registry import (
+    FAMILIES,
     MODELS,
+    TAGS,
     ModelSpec,
-    SegmentationModel,
     available_models,
-    build_model,
     get_spec,
+    models_tagged,
 )
 
-IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]) * 255
-IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225]) * 255
+REPO = Path(__file__).resolve().parents[2]
 
 TORCHVISION_AUX = {
     "fcn_resnet50",
@@ -39,84 +28,6 @@ TORCHVISION_AUX = {
     "deeplabv3_resnet101",
     "deeplabv3_mobilenet_v3_large",
 }
-
-
-@pytest.fixture(autouse=True)
-def _no_network(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Any attempt to download fails the test loudly instead of hanging."""
-
-    def refuse(*args: object, **kwargs: object) -> None:
-        raise AssertionError(f"network access attempted: {args[:2]}")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
-    monkeypatch.setattr(urllib.request, "urlopen", refuse)
-    monkeypatch.setattr(torch.hub, "download_url_to_file", refuse)
-    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", refuse)
-    import huggingface_hub
-    import huggingface_hub.file_download
-    import segmentation_models_pytorch.encoders as smp_encoders
-
-    monkeypatch.setattr(huggingface_hub, "hf_hub_download", refuse)
-    monkeypatch.setattr(huggingface_hub.file_download, "hf_hub_download", refuse)
-    monkeypatch.setattr(smp_encoders, "hf_hub_download", refuse)
-
-
-@pytest.fixture
-def caches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
-    """Empty torch hub and Hugging Face caches under tmp_path."""
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
-    monkeypatch.delenv("HUGGINGFACE_HUB_CACHE", raising=False)
-    assert Path(torch.hub.get_dir()) == tmp_path / "torch" / "hub"
-    return {
-        "checkpoints": tmp_path / "torch" / "hub" / "checkpoints",
-        "hf": tmp_path / "hf" / "hub",
-    }
-
-
-def randomized(state: dict[str, torch.Tensor], seed: int = 0) -> dict[str, torch.Tensor]:
-    """The same keys and shapes with fresh random values (so equality proves loading)."""
-    gen = torch.Generator().manual_seed(seed)
-    out = {}
-    for key, value in state.items():
-        if key.endswith("running_var"):  # must stay positive
-            out[key] = torch.rand(value.shape, generator=gen, dtype=value.dtype) + 0.5
-        elif value.is_floating_point():
-            out[key] = torch.randn(value.shape, generator=gen, dtype=value.dtype)
-        else:
-            out[key] = value.clone()
-    return out
-
-
-def assert_loaded(module: nn.Module, saved: dict[str, torch.Tensor], prefix: str = "") -> None:
-    loaded = module.state_dict()
-    floats = [k for k, v in loaded.items() if v.is_floating_point()]
-    assert floats
-    for key in floats:
-        torch.testing.assert_close(loaded[key], saved[prefix + key], rtol=0, atol=0, msg=key)
-
-
-def uint8_batch(h: int = 64, w: int = 64, seed: int = 0) -> torch.Tensor:
-    gen = torch.Generator().manual_seed(seed)
-    return torch.randint(0, 256, (1, 3, h, w), generator=gen, dtype=torch.uint8)
-
-
-def hub_file(caches: dict[str, Path], url: str) -> Path:
-    path = caches["checkpoints"] / os.path.basename(urlparse(url).path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-def timm_resnet_state(arch: str, seed: int = 0) -> dict[str, torch.Tensor]:
-    """A state dict in torchgeo's format: a timm ResNet, classifier included."""
-    import timm
-
-    return randomized(timm.create_model(arch, in_chans=3).state_dict(), seed)
-
-
-# --------------------------------------------------------------------------- registry
 
 
 def test_registry_holds_the_required_models() -> None:
@@ -141,391 +52,71 @@ def test_registry_holds_the_required_models() -> None:
     assert available_models() == list(MODELS)
     for name, spec in MODELS.items():
         assert isinstance(spec, ModelSpec) and spec.name == name and get_spec(name) is spec
-        assert spec.family in ("torchvision", "smp")
+        assert spec.family in FAMILIES
         assert spec.method and spec.backbone and spec.notes and "\n" not in spec.notes
         assert spec.default_pretrained == "imagenet" or "_Weights." in spec.default_pretrained
         assert spec.has_aux == (name in TORCHVISION_AUX)
+        assert isinstance(spec.tags, frozenset) and spec.tags <= set(TAGS)
     assert get_spec("deeplabv3plus_resnet50").method == "DeepLabV3+"
     assert get_spec("upernet_resnet50_satlas").backbone == "R-50 (SatlasPretrain)"
 
 
 def test_unknown_model_lists_every_valid_name() -> None:
     with pytest.raises(UnknownModelError) as info:
-        build_model("unet_resnet51")
+        get_spec("unet_resnet51")
     message = str(info.value)
     assert isinstance(info.value, KeyError)
     assert "unet_resnet51" in message and "Did you mean 'unet_resnet50'" in message
     assert all(name in message for name in available_models())
 
 
-# --------------------------------------------------------------------------- forward contract
+def test_models_tagged_reads_the_entries_in_registry_order() -> None:
+    assert models_tagged("quick") == [
+        "lraspp_mobilenet_v3_large",
+        "unet_resnet18",
+        "deeplabv3plus_resnet18",
+        "segformer_mit_b0",
+    ]
+    for tag in TAGS:
+        tagged = models_tagged(tag)
+        assert tagged == [name for name in available_models() if tag in MODELS[name].tags]
+    assert models_tagged("mmseg") and "pspnet_resnet50" not in models_tagged("mmseg")
+    # The tags that restate a fact of the entry agree with it.
+    assert set(models_tagged("eo")) == {
+        name for name, spec in MODELS.items() if spec.default_pretrained != "imagenet"
+    }
+    assert set(models_tagged("light")) == {
+        name for name, spec in MODELS.items() if spec.encoder in ("mobilenet_v3_large", "mit_b0")
+    }
 
 
-@pytest.mark.parametrize("name", available_models())
-def test_every_model_builds_and_runs(name: str) -> None:
-    model = build_model(name).eval()
-    assert isinstance(model, SegmentationModel) and model.spec is MODELS[name]
-    assert model.pretrained == "none" and model.num_classes == NUM_CLASSES
-    torch.testing.assert_close(model.mean.flatten(), IMAGENET_MEAN)
-    torch.testing.assert_close(model.std.flatten(), IMAGENET_STD)
-    aux_calls = []
-    aux_head = getattr(model.net, "aux_classifier", None)
-    if aux_head is not None:
-        aux_head.register_forward_hook(lambda *args: aux_calls.append(1))
-    x = uint8_batch()
-    with torch.inference_mode():
-        logits = model(x)
-        assert not aux_calls, "the inference forward must not run the aux head"
-        train_logits, aux = model.forward_train(x)
-    assert logits.shape == (1, NUM_CLASSES, 64, 64) and logits.dtype == torch.float32
-    assert torch.isfinite(logits).all()
-    torch.testing.assert_close(train_logits, logits)
-    if name in TORCHVISION_AUX:
-        assert model.aux_loss and aux is not None and aux.shape == (1, NUM_CLASSES, 64, 64)
-        assert len(aux_calls) == 1
-    else:
-        assert not model.aux_loss and aux is None
-
-
-def test_normalisation_happens_inside_on_uint8_and_float() -> None:
-    model = build_model("lraspp_mobilenet_v3_large").eval()
-    x = uint8_batch(seed=1)
-    with torch.inference_mode():
-        from_uint8 = model(x)
-        from_float = model(x.float())
-        by_hand = model.net(
-            (x.float() - IMAGENET_MEAN.view(1, 3, 1, 1)) / IMAGENET_STD.view(1, 3, 1, 1)
-        )
-    torch.testing.assert_close(from_uint8, from_float)
-    torch.testing.assert_close(from_uint8, by_hand["out"])
-    assert "mean" in model.state_dict() and "std" in model.state_dict()
-
-
-def test_channels_last_autocast_and_dtype_moves() -> None:
-    model = build_model("deeplabv3plus_resnet18").eval()
-    x = uint8_batch(seed=2)
-    with torch.inference_mode():
-        reference = model(x)
-        model = model.to(memory_format=torch.channels_last)
-        cl = model(x.contiguous(memory_format=torch.channels_last))
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            mixed = model(x)
-        model = model.to(torch.float64)
-        double = model(x)
-    torch.testing.assert_close(cl, reference, rtol=1e-4, atol=1e-4)
-    assert mixed.shape == reference.shape and torch.isfinite(mixed).all()
-    assert model.mean.dtype == torch.float64 and double.dtype == torch.float64
-    torch.testing.assert_close(double.float(), reference, rtol=1e-3, atol=1e-3)
-
-
-@pytest.mark.parametrize("name", ["segformer_mit_b0", "fcn_resnet50", "unet_resnet18"])
-def test_sizes_not_divisible_by_the_stride(name: str) -> None:
-    model = build_model(name).eval()
-    with torch.inference_mode():
-        logits, _ = model.forward_train(uint8_batch(72, 88))
-    assert logits.shape == (1, NUM_CLASSES, 72, 88)
-
-
-def test_bad_arguments() -> None:
-    with pytest.raises(ConfigError, match="aux_loss"):
-        build_model("unet_resnet18", aux_loss=True)
-    with pytest.raises(ConfigError, match="num_classes"):
-        build_model("unet_resnet18", num_classes=0)
-    model = build_model("fcn_resnet50", aux_loss=False)
-    assert not model.aux_loss and model.forward_train(uint8_batch(32, 32))[1] is None
-    with pytest.raises(ValueError, match=r"\[B, 3, H, W\]"):
-        model(torch.zeros(1, 4, 32, 32, dtype=torch.uint8))
-
-
-# --------------------------------------------------------------------------- ImageNet weights
-
-
-@pytest.mark.parametrize(
-    ("name", "arch", "file_name"),
-    [
-        ("lraspp_mobilenet_v3_large", "mobilenet_v3_large", "mobilenet_v3_large-8738ca79.pth"),
-        ("fcn_resnet50", "resnet50", "resnet50-0676ba61.pth"),
-    ],
-)
-def test_torchvision_imagenet_backbone_from_hub_cache(
-    caches: dict[str, Path], name: str, arch: str, file_name: str
-) -> None:
-    import torchvision
-
-    saved = randomized(getattr(torchvision.models, arch)().state_dict())
-    path = caches["checkpoints"] / file_name
-    path.parent.mkdir(parents=True)
-    torch.save(saved, path)
-    model = build_model(name, pretrained="imagenet")
-    prefix = "features." if arch.startswith("mobilenet") else ""
-    assert_loaded(model.net.backbone, saved, prefix)
-    assert model.pretrained == "imagenet" and "ImageNet" in model.normalization
-    torch.testing.assert_close(model.mean.flatten(), IMAGENET_MEAN)
-
-
-@pytest.mark.parametrize(
-    ("name", "encoder"), [("unet_resnet18", "resnet18"), ("segformer_mit_b0", "mit_b0")]
-)
-def test_smp_imagenet_encoder_from_hf_cache(
-    caches: dict[str, Path], name: str, encoder: str
-) -> None:
-    from safetensors.torch import save_file
-    from segmentation_models_pytorch.encoders import encoders, get_encoder
-
-    settings = encoders[encoder]["pretrained_settings"]["imagenet"]
-    repo = "models--" + settings["repo_id"].replace("/", "--")
-    path = caches["hf"] / repo / "snapshots" / settings["revision"] / "model.safetensors"
-    path.parent.mkdir(parents=True)
-    saved = randomized(get_encoder(encoder).state_dict())
-    save_file({k: v.contiguous() for k, v in saved.items()}, str(path))
-    model = build_model(name, pretrained="imagenet")
-    assert_loaded(model.net.encoder, saved)
-    assert model.pretrained == "imagenet"
-
-
-# --------------------------------------------------------------------------- torchgeo weights
-
-
-def test_timm_resnet_keys_are_torchvision_keys() -> None:
-    """The mapping torchgeo (timm) -> smp/torchvision encoders relies on this."""
-    import timm
-    from segmentation_models_pytorch.encoders import get_encoder
-
-    for arch in ("resnet18", "resnet50"):
-        timm_state = timm.create_model(arch).state_dict()
-        smp_state = get_encoder(arch).state_dict()
-        assert set(timm_state) - set(smp_state) == {"fc.weight", "fc.bias"}
-        assert set(smp_state) <= set(timm_state)
-        assert all(timm_state[k].shape == v.shape for k, v in smp_state.items())
-
-
-@pytest.mark.parametrize(
-    ("name", "pretrained", "weights", "arch", "div255"),
-    [
-        (
-            "unet_resnet18_ssl4eo_moco",
-            "default",
-            "ResNet18_Weights.SENTINEL2_RGB_MOCO",
-            "resnet18",
-            True,
-        ),
-        (
-            "unet_resnet18",
-            "SENTINEL2_RGB_MOCO",
-            "ResNet18_Weights.SENTINEL2_RGB_MOCO",
-            "resnet18",
-            True,
-        ),
-        (
-            "deeplabv3plus_resnet18_seco",
-            "default",
-            "ResNet18_Weights.SENTINEL2_RGB_SECO",
-            "resnet18",
-            False,
-        ),
-        (
-            "upernet_resnet50_satlas",
-            "default",
-            "ResNet50_Weights.SENTINEL2_SI_RGB_SATLAS",
-            "resnet50",
-            True,
-        ),
-        (
-            "deeplabv3_resnet50",
-            "ResNet50_Weights.FMOW_RGB_GASSL",
-            "ResNet50_Weights.FMOW_RGB_GASSL",
-            "resnet50",
-            False,
-        ),
-    ],
-)
-def test_torchgeo_weights_from_hub_cache(
-    caches: dict[str, Path], name: str, pretrained: str, weights: str, arch: str, div255: bool
-) -> None:
-    from torchgeo.models import get_weight
-
-    saved = timm_resnet_state(arch)
-    torch.save(saved, hub_file(caches, get_weight(weights).url))
-    model = build_model(name, pretrained=pretrained)
-    backbone = model.net.backbone if name == "deeplabv3_resnet50" else model.net.encoder
-    assert_loaded(backbone, saved)
-    assert model.pretrained == weights
-    if div255:
-        torch.testing.assert_close(model.mean.flatten(), torch.zeros(3))
-        torch.testing.assert_close(model.std.flatten(), torch.full((3,), 255.0))
-        assert "x/255" in model.normalization
-    else:
-        torch.testing.assert_close(model.mean.flatten(), IMAGENET_MEAN)
-        torch.testing.assert_close(model.std.flatten(), IMAGENET_STD)
-
-
-def test_torchgeo_weights_from_hf_cache(caches: dict[str, Path]) -> None:
-    from torchgeo.models import ResNet18_Weights
-
-    url = ResNet18_Weights.SENTINEL2_RGB_MOCO.url  # https://hf.co/<repo>/resolve/<rev>/<file>
-    owner, repo, _, revision, file_name = urlparse(url).path.strip("/").split("/")
-    path = caches["hf"] / f"models--{owner}--{repo}" / "snapshots" / revision / file_name
-    path.parent.mkdir(parents=True)
-    saved = timm_resnet_state("resnet18", seed=3)
-    torch.save(saved, path)
-    model = build_model("unet_resnet18_ssl4eo_moco", pretrained="default")
-    assert_loaded(model.net.encoder, saved)
-
-
-def test_random_init_of_an_eo_entry_uses_imagenet_statistics() -> None:
-    model = build_model("unet_resnet50_ssl4eo_moco")
-    assert model.pretrained == "none"
-    torch.testing.assert_close(model.mean.flatten(), IMAGENET_MEAN)
-
-
-# --------------------------------------------------------------------------- errors
-
-
-@pytest.mark.parametrize(
-    ("name", "pretrained", "expected"),
-    [
-        ("deeplabv3_resnet50", "imagenet",
-         ["resnet50-0676ba61.pth", "https://download.pytorch.org/models/resnet50-0676ba61.pth"]),
-        ("lraspp_mobilenet_v3_large", "imagenet", ["mobilenet_v3_large-8738ca79.pth"]),
-        ("unet_resnet50", "imagenet", ["smp-hub/resnet50.imagenet", "model.safetensors"]),
-        ("unet_resnet50_ssl4eo_moco", "default",
-         ["resnet50_sentinel2_rgb_moco-2b57ba8b.pth", "https://hf.co/torchgeo/resnet50_sentinel2_rgb_moco/"]),
-    ],
-)  # fmt: skip
-def test_missing_weights_offline_name_the_file_and_where_to_put_it(
-    caches: dict[str, Path],
-    monkeypatch: pytest.MonkeyPatch,
-    name: str,
-    pretrained: str,
-    expected: list[str],
-) -> None:
-    from torchvision.models._api import WeightsEnum
-
-    def refuse(*args: object, **kwargs: object) -> None:
-        raise AssertionError("get_state_dict would download")
-
-    monkeypatch.setattr(WeightsEnum, "get_state_dict", refuse)
-    with pytest.raises(WeightsError) as info:
-        build_model(name, pretrained=pretrained)
+def test_an_unknown_tag_is_refused_naming_the_valid_tags() -> None:
+    with pytest.raises(ConfigError) as info:
+        models_tagged("qiuck")
     message = str(info.value)
-    for text in expected:
-        assert text in message
-    folder = (
-        caches["hf"]
-        if get_spec(name).family == "smp" and pretrained == "imagenet"
-        else caches["checkpoints"]
+    assert "'qiuck'" in message
+    assert all(repr(tag) in message for tag in TAGS)
+
+
+def test_a_spec_with_an_unknown_tag_or_family_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"'fast'.*quick"):
+        ModelSpec("x", "X", "R-18", "smp", "Unet", "resnet18", tags=frozenset({"fast"}))
+    with pytest.raises(ValueError, match="family='keras'"):
+        ModelSpec("x", "X", "R-18", "keras", "Unet", "resnet18")  # type: ignore[arg-type]
+
+
+def test_the_registry_imports_without_torch() -> None:
+    """The command line and the suite plan from the registry; torch loads only to build."""
+    code = (
+        "import sys\n"
+        "import loveda_utils.models.registry, loveda_utils.models\n"
+        "assert 'torch' not in sys.modules, 'the registry imported torch'\n"
+        "from loveda_utils.models import build_model, SegmentationModel\n"
+        "from loveda_utils.models import wrapper\n"
+        "assert build_model is wrapper.build_model\n"
+        "assert SegmentationModel is wrapper.SegmentationModel\n"
     )
-    assert str(folder) in message
-
-
-@pytest.mark.parametrize(
-    ("name", "pretrained", "expected"),
-    [
-        ("unet_resnet18", "ResNet50_Weights.SENTINEL2_RGB_MOCO", ["ResNet50_Weights.SENTINEL2_RGB_MOCO", "resnet18"]),
-        ("unet_resnet50", "ResNet50_Weights.SENTINEL2_ALL_MOCO", ["SENTINEL2_ALL_MOCO", "13 input channels"]),
-        ("unet_resnet18", "LANDSAT_TM_TOA_MOCO", ["ResNet18_Weights.LANDSAT_TM_TOA_MOCO", "7 input channels"]),
-        ("segformer_mit_b0", "SENTINEL2_RGB_MOCO", ["mit_b0", "SENTINEL2_RGB_MOCO"]),
-        ("unet_resnet50", "NOT_A_WEIGHT", ["NOT_A_WEIGHT", "ResNet50_Weights.SENTINEL2_RGB_MOCO"]),
-    ],
-)  # fmt: skip
-def test_weights_not_fitting_the_backbone(name: str, pretrained: str, expected: list[str]) -> None:
-    with pytest.raises(WeightsError) as info:
-        build_model(name, pretrained=pretrained)
-    for text in expected:
-        assert text in str(info.value)
-
-
-@pytest.mark.parametrize("content", ["garbage", "tensor", "no_tensors"])
-def test_unreadable_weight_files_name_the_file(tmp_path: Path, content: str) -> None:
-    path = tmp_path / "weights.pth"
-    if content == "garbage":
-        path.write_bytes(b"\x00\x13not a pickle at all\xff" * 10)
-    elif content == "tensor":
-        torch.save(torch.zeros(3), path)
-    else:
-        torch.save({"epoch": 3, "note": "x"}, path)
-    with pytest.raises(WeightsError) as info:
-        build_model("unet_resnet18", pretrained=str(path))
-    assert str(path) in str(info.value)
-    with pytest.raises(WeightsError, match="does not exist"):
-        build_model("unet_resnet18", pretrained=str(tmp_path / "missing.pth"))
-
-
-# --------------------------------------------------------------------------- files
-
-
-def test_full_state_dict_round_trips_with_its_normalisation(
-    caches: dict[str, Path], tmp_path: Path
-) -> None:
-    from torchgeo.models import ResNet18_Weights
-
-    torch.save(
-        timm_resnet_state("resnet18"), hub_file(caches, ResNet18_Weights.SENTINEL2_RGB_MOCO.url)
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300
     )
-    trained = build_model("unet_resnet18_ssl4eo_moco", pretrained="default").eval()
-    # Lightning layout: {"state_dict": {"model.<key>": ...}, ...}
-    ckpt = tmp_path / "run" / "last.ckpt"
-    ckpt.parent.mkdir()
-    torch.save(
-        {"epoch": 1, "state_dict": {f"model.{k}": v for k, v in trained.state_dict().items()}}, ckpt
-    )
-    # Built as the plain entry: the checkpoint's x/255 normalisation must come along.
-    restored = build_model("unet_resnet18", pretrained=str(ckpt)).eval()
-    for key, value in trained.state_dict().items():
-        torch.testing.assert_close(restored.state_dict()[key], value, rtol=0, atol=0, msg=key)
-    assert restored.pretrained == str(ckpt.resolve())
-    assert "last.ckpt" in restored.normalization
-    x = uint8_batch(seed=4)
-    with torch.inference_mode():
-        torch.testing.assert_close(restored(x), trained(x))
-
-
-def test_full_state_dict_with_aux_head_loads_into_an_inference_model(tmp_path: Path) -> None:
-    trained = build_model("deeplabv3_mobilenet_v3_large").eval()
-    path = tmp_path / "dlv3.pth"
-    torch.save(trained.state_dict(), path)
-    restored = build_model("deeplabv3_mobilenet_v3_large", pretrained=path, aux_loss=False).eval()
-    x = uint8_batch(seed=5)
-    with torch.inference_mode():
-        torch.testing.assert_close(restored(x), trained(x))
-
-
-def test_bare_network_state_dict_counts_as_full(tmp_path: Path) -> None:
-    trained = build_model("lraspp_mobilenet_v3_large").eval()
-    path = tmp_path / "lraspp.pth"
-    torch.save({f"module.{k}": v for k, v in trained.net.state_dict().items()}, path)
-    restored = build_model("lraspp_mobilenet_v3_large", pretrained=str(path)).eval()
-    assert_loaded(restored.net, trained.net.state_dict())
-    assert "not stored" in restored.normalization
-
-
-def test_full_state_dict_for_another_head_is_refused(tmp_path: Path) -> None:
-    path = tmp_path / "six_classes.pth"
-    torch.save(build_model("unet_resnet18", num_classes=6).state_dict(), path)
-    with pytest.raises(WeightsError) as info:
-        build_model("unet_resnet18", pretrained=str(path))
-    assert str(path) in str(info.value) and "segmentation_head" in str(info.value)
-
-
-@pytest.mark.parametrize("layout", ["moco_checkpoint", "smp_encoder"])
-def test_backbone_file_with_prefixes(tmp_path: Path, layout: str) -> None:
-    saved = timm_resnet_state("resnet18", seed=6)
-    path = tmp_path / "backbone.pth"
-    if layout == "moco_checkpoint":  # DDP-wrapped, nested, classifier included
-        torch.save({"state_dict": {f"module.backbone.{k}": v for k, v in saved.items()}}, path)
-    else:  # what `{"encoder." + k: v}` of an smp model looks like, classifier dropped
-        torch.save({f"encoder.{k}": v for k, v in saved.items() if not k.startswith("fc.")}, path)
-    model = build_model("unet_resnet18", pretrained=str(path))
-    assert_loaded(model.net.encoder, saved)
-    assert model.pretrained == str(path.resolve())
-    torch.testing.assert_close(model.mean.flatten(), IMAGENET_MEAN)
-    assert "ImageNet statistics assumed" in model.normalization
-
-
-def test_backbone_file_that_does_not_fit(tmp_path: Path) -> None:
-    path = tmp_path / "r50.pth"
-    torch.save(timm_resnet_state("resnet50"), path)
-    with pytest.raises(WeightsError) as info:
-        build_model("unet_resnet18", pretrained=str(path))
-    message = str(info.value)
-    assert str(path) in message and "resnet18" in message and "Shape mismatches" in message
+    assert done.returncode == 0, done.stderr
