@@ -278,7 +278,7 @@ def train(args: argparse.Namespace) -> int:
     root = resolve_data_root(params["data_root"])
     L.seed_everything(params["seed"], workers=True, verbose=False)
     datamodule = build_datamodule(recipe, root, num_workers=params["num_workers"], seed=params["seed"])
-    if rank_zero_only.rank == 0:  # DDP starts this command once per process
+    if getattr(rank_zero_only, "rank", 0) == 0:  # DDP starts this command once per process
         run_dir.mkdir(parents=True, exist_ok=True)
         rerun = f"python -m loveda_utils train --config {run_dir / CONFIG_FILE} --run-dir NEW_RUN_DIR"
         write_run_config(run_dir, recipe, params | {"data_root": str(root)}, rerun=rerun)

@@ -30,6 +30,7 @@ from ..files import write_json_atomic
 from ..models.registry import get_spec
 from ..paths import PROJECT_ROOT, RESULTS_DIR
 from ..results.records import (
+    METRICS_FILE,
     PARAMS_FILE,
     RECORD_SCHEMA,
     claim_run_dir,
@@ -135,7 +136,7 @@ class BenchmarkRun:
             # A folder without a record is this run's own: pre-claimed by the suite, or left by an
             # interrupted run that we now resume. A folder with a record is never written again.
             existing = results / "runs" / c.run_name
-            if existing.is_dir() and not (existing / "metrics.json").exists():
+            if existing.is_dir() and not (existing / METRICS_FILE).exists():
                 return existing
         return claim_run_dir(results, group, c.run_name)
 
@@ -330,7 +331,7 @@ class BenchmarkRun:
         problems = validate_record(record)
         if problems:
             raise ValueError("the record does not meet the contract: " + "; ".join(problems))
-        path = self.run_dir / "metrics.json"
+        path = self.run_dir / METRICS_FILE
         write_json_atomic(path, record)
         return path
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import lightning as L
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
@@ -44,7 +44,7 @@ def build_trainer(
     val_check_interval: int | None = None,
     log_every_n_steps: int = 10,
     progress: bool = True,
-    deterministic: bool | str = False,
+    deterministic: bool | Literal["warn"] = False,
     extra_callbacks: list[L.Callback] | None = None,
 ) -> L.Trainer:
     """A Trainer for ``recipe`` with the benchmark's callbacks: checkpoints (``last.ckpt`` for
