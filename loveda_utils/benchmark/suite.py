@@ -11,7 +11,8 @@ its models share, and the models with their own overrides:
   images at 1024 px, over the torchvision, smp and EO-pretrained models.
 
 A failing model does not stop the suite; finished ones are skipped on a re-run unless
-``force``; an unfinished run folder (no record) is resumed; records never overwrite each other.
+``force``; an unfinished run folder (no record) is resumed (with ``force``: a fresh folder is
+claimed instead); records never overwrite each other.
 With several GPUs, models run in parallel, one per device.
 """
 
