@@ -10,9 +10,12 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigError, LoveDAError
+
+if TYPE_CHECKING:
+    from .training.recipe import Recipe
 
 Command = Callable[[argparse.Namespace], int]
 COMMANDS: dict[str, tuple[Command, Callable[[argparse.ArgumentParser], None], str]] = {}
@@ -332,7 +335,7 @@ def _estimate_args(p: argparse.ArgumentParser) -> None:
 
 @command("estimate", "time a few iterations per model and project the whole schedule", _estimate_args)
 def estimate(args: argparse.Namespace) -> int:
-    from .benchmark.suite import estimate as run_estimate
+    from .benchmark.estimate import estimate as run_estimate
 
     table = run_estimate(args.profile, args.models, args.data_root, steps=args.steps,
                          overrides=_settings(args.settings))
@@ -340,38 +343,86 @@ def estimate(args: argparse.Namespace) -> int:
     return 1 if "error" in table and table["error"].notna().any() else 0
 
 
+#: The ``train`` command's run parameters beside the recipe, with their defaults.
+TRAIN_DEFAULTS = {"model": None, "data_root": None, "accelerator": "auto", "devices": "auto",
+                  "strategy": "auto", "num_nodes": 1, "num_workers": None, "seed": 0}
+
+
 def _train_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="a registry name")
+    from .training.recipe import MMSEG, OPTIMIZERS, RECIPES, recipe_field_types
+
+    p.add_argument("--model", default=None, help="a registry name (required unless --config gives it)")
     p.add_argument("--run-dir", required=True, help="folder for checkpoints and logs (resumes its last.ckpt)")
+    p.add_argument("--config", default=None, metavar="CONFIG_YAML",
+                   help="rerun a run: its config.yaml (recipe and parameters); flags given override it")
     p.add_argument("--data-root", default=None)
-    p.add_argument("--max-steps", type=int, default=80_000)
-    p.add_argument("--batch-size", type=int, default=16, help="per device")
-    p.add_argument("--crop-size", type=int, default=512)
-    p.add_argument("--lr", type=float, default=0.01)
-    p.add_argument("--optimizer", default="sgd", choices=["sgd", "adamw"])
-    p.add_argument("--pretrained", default="default")
-    p.add_argument("--accelerator", default="auto")
-    p.add_argument("--devices", default="auto", help="e.g. 4, or 0,1")
-    p.add_argument("--strategy", default="auto", help="e.g. ddp")
-    p.add_argument("--num-nodes", type=int, default=1)
-    p.add_argument("--precision", default=None)
-    p.add_argument("--num-workers", type=int, default=None)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--recipe", default=None, choices=list(RECIPES),
+                   help="the named training recipe the flags below override (default mmseg)")
+    helps = {"batch_size": "per device", "precision": "a Lightning precision such as 16-mixed; None: the runtime's AMP policy",
+             "pretrained": '"default", "none", "imagenet", a torchgeo weights name or a state-dict file'}
+    for name, kind in recipe_field_types().items():
+        default = getattr(MMSEG, name)
+        p.add_argument(f"--{name.replace('_', '-')}", type=kind, default=None,
+                       choices=list(OPTIMIZERS) if name == "optimizer" else None,
+                       help=f"{helps.get(name, 'recipe field')} (default: the recipe's; mmseg: {default})")
+    p.add_argument("--accelerator", default=None, help="default auto")
+    p.add_argument("--devices", default=None, help="e.g. 4, or 0,1 (default auto)")
+    p.add_argument("--strategy", default=None, help="e.g. ddp (default auto)")
+    p.add_argument("--num-nodes", type=int, default=None, help="default 1")
+    p.add_argument("--num-workers", type=int, default=None, help="default: one per core, see the data module")
+    p.add_argument("--seed", type=int, default=None, help="default 0")
+
+
+def train_settings(args: argparse.Namespace) -> tuple[Recipe, dict[str, Any]]:
+    """The recipe and run parameters ``train`` runs with: the flags given, over ``--config``'s
+    file, over the named recipe and :data:`TRAIN_DEFAULTS`."""
+    from .errors import ConfigError
+    from .training.recipe import RECIPE_PARAMETER, Recipe, read_run_config
+
+    given = {k: v for k, v in vars(args).items()
+             if v is not None and k not in ("run_dir", "config", "func", "command")}
+    recipe_params: dict[str, Any] = {}
+    params = dict(TRAIN_DEFAULTS)
+    if args.config:
+        recipe, stored = read_run_config(args.config)
+        params.update({k: v for k, v in stored.items() if k in TRAIN_DEFAULTS})
+        if RECIPE_PARAMETER not in given:  # a recipe named on the command line starts afresh
+            recipe_params = recipe.to_params()
+    recipe = Recipe.from_params(recipe_params | given)
+    params.update({k: v for k, v in given.items() if k in TRAIN_DEFAULTS})
+    if isinstance(params["devices"], str) and params["devices"].isdigit():
+        params["devices"] = int(params["devices"])
+    if not params["model"]:
+        raise ConfigError("--model: missing; pass a registry name, or --config with a run's config.yaml")
+    return recipe, params
 
 
 @command("train", "train one model with Lightning (multi-GPU/multi-node with --strategy ddp)", _train_args)
 def train(args: argparse.Namespace) -> int:
-    from .training.task import fit
+    from pathlib import Path
 
-    devices = args.devices if not args.devices.isdigit() else int(args.devices)
-    _, trainer = fit(args.model, args.run_dir, data_root=args.data_root, max_steps=args.max_steps,
-                     batch_size=args.batch_size, crop_size=args.crop_size, lr=args.lr,
-                     optimizer=args.optimizer, pretrained=args.pretrained, accelerator=args.accelerator,
-                     devices=devices, strategy=args.strategy, num_nodes=args.num_nodes,
-                     precision=args.precision, num_workers=args.num_workers, seed=args.seed)
-    if trainer.global_rank == 0:
-        print(f"trained {args.model} to step {trainer.global_step} on {trainer.world_size} process(es); "
-              f"checkpoint: {args.run_dir}/checkpoints/last.ckpt")
+    import lightning as L
+    from lightning.pytorch.utilities import rank_zero_only
+
+    from .data.root import resolve_data_root
+    from .training.recipe import CONFIG_FILE, write_run_config
+    from .training.trainer import build_datamodule, fit
+
+    recipe, params = train_settings(args)
+    run_dir = Path(args.run_dir)
+    root = resolve_data_root(params["data_root"])
+    L.seed_everything(params["seed"], workers=True, verbose=False)
+    datamodule = build_datamodule(recipe, root, num_workers=params["num_workers"], seed=params["seed"])
+    if getattr(rank_zero_only, "rank", 0) == 0:  # DDP starts this command once per process
+        run_dir.mkdir(parents=True, exist_ok=True)
+        rerun = f"python -m loveda_utils train --config {run_dir / CONFIG_FILE} --run-dir NEW_RUN_DIR"
+        write_run_config(run_dir, recipe, params | {"data_root": str(root)}, rerun=rerun)
+    outcome = fit(recipe, datamodule, run_dir, model=params["model"], accelerator=params["accelerator"],
+                  devices=params["devices"], strategy=params["strategy"], num_nodes=params["num_nodes"])
+    trainer = outcome.trainer
+    if trainer is not None and trainer.global_rank == 0:
+        print(f"trained {params['model']} to step {outcome.steps} on {trainer.world_size} process(es); "
+              f"checkpoint: {outcome.checkpoint}")
     return 0
 
 

@@ -1,7 +1,7 @@
 """The runtime policy, in one place: which device, which precision, how to time and lay out tensors.
 
 Training, evaluation and the table's timings all ask this module, so they agree: one AMP policy
-(:func:`amp_dtype`), one synchronisation before a clock is read (:func:`synchronize`), one rule for
+(:func:`amp_dtype`, and :func:`training_precision` for Lightning), one synchronisation before a clock is read (:func:`synchronize`), one rule for
 channels-last memory (:func:`default_channels_last`), one device name for the table, one memory
 counter for processes without CUDA (:func:`peak_rss_gb`).
 """
@@ -27,16 +27,25 @@ def synchronize(device: torch.device | str) -> None:
         torch.mps.synchronize()
 
 
-def resolve_device(accelerator: str = "auto") -> torch.device:
-    """The device evaluation runs on, from a Lightning-style ``accelerator`` name."""
+def device_type(accelerator: str = "auto") -> str:
+    """``"cuda"``, ``"mps"`` or ``"cpu"``: where a Lightning-style ``accelerator`` name runs
+    (without touching the device)."""
     accelerator = str(accelerator).lower()
     if accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available()):
+        return "cuda"
+    if accelerator == "mps" or (accelerator == "auto" and torch.backends.mps.is_available()):
+        return "mps"
+    return "cpu"
+
+
+def resolve_device(accelerator: str = "auto") -> torch.device:
+    """The device evaluation runs on, from a Lightning-style ``accelerator`` name."""
+    kind = device_type(accelerator)
+    if kind == "cuda":
         if not torch.cuda.is_available():
             raise RuntimeError(f"accelerator={accelerator!r} but CUDA is not available on this machine")
         return torch.device("cuda", torch.cuda.current_device())
-    if accelerator == "mps" or (accelerator == "auto" and torch.backends.mps.is_available()):
-        return torch.device("mps")
-    return torch.device("cpu")
+    return torch.device(kind)
 
 
 def device_name(device: torch.device | str) -> str:
@@ -80,6 +89,29 @@ def amp_dtype(device: torch.device, amp: bool | torch.dtype | None = None) -> to
     if device.type == "cpu":
         return torch.bfloat16  # the dtype CPU autocast is built and tuned for
     return torch.float16
+
+
+#: Lightning's precision name for each autocast dtype (``None``: no autocast).
+LIGHTNING_PRECISION: dict[torch.dtype | None, str] = {
+    None: "32-true",
+    torch.float16: "16-mixed",
+    torch.bfloat16: "bf16-mixed",
+}
+
+
+def training_precision(accelerator: str = "auto", precision: str | None = None) -> str:
+    """Lightning's ``precision`` for training on ``accelerator``: ``precision`` when given, else
+    :func:`amp_dtype`'s choice, so that training runs in the dtype evaluation and fps timing use
+    (fp16 on GPUs without native bf16, bf16 on those with it, 32-bit off CUDA)."""
+    if precision is not None:
+        return precision
+    return LIGHTNING_PRECISION[amp_dtype(torch.device(device_type(accelerator)))]
+
+
+def precision_dtype(precision: str) -> torch.dtype | None:
+    """The autocast dtype of a Lightning ``precision`` name (``None`` for full precision)."""
+    by_name = {name: dtype for dtype, name in LIGHTNING_PRECISION.items()}
+    return by_name.get(precision)
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:

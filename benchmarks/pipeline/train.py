@@ -20,9 +20,7 @@ from loveda_utils.errors import ConfigError
 from loveda_utils.runtime import synchronize
 
 from .report import Ratio, Report, Row, progress
-from .settings import Settings
-from .settings import lightning_accelerator as _accelerator
-from .settings import quiet_lightning as _quiet_lightning
+from .settings import Settings, lightning_accelerator, quiet_lightning
 from .tiles import Tiles, TileStore
 from .timing import interleave, paired_ratio
 
@@ -44,29 +42,31 @@ def measure_train(
     import lightning as L
     from torch.utils.data import DataLoader
 
-    from loveda_utils.training.task import (
-        SegmentationTask,
-        build_trainer,
-        default_precision,
-        poly_factor,
-    )
+    from loveda_utils.runtime import precision_dtype, training_precision
+    from loveda_utils.training.recipe import get_recipe
+    from loveda_utils.training.task import SegmentationTask, poly_factor
+    from loveda_utils.training.trainer import build_trainer
 
     name, steps, warm = args.train_model, args.train_steps, args.train_warmup
     if steps <= warm:
         raise ConfigError(f"--train-steps {steps} must exceed --train-warmup {warm}")
     size = min(args.size)
-    crop = args.train_crop or min(512, size)
+    mmseg = get_recipe("mmseg")
+    crop = args.train_crop or min(mmseg.crop_size, size)
     tiles = store.get(size, min(8, steps * args.train_batch))
     samples = _train_batches(tiles, crop, args.train_batch, steps)
     loader = DataLoader(samples, batch_size=args.train_batch, shuffle=False, num_workers=0)
-    accelerator, devices = _accelerator(settings.device)
-    precision = default_precision("gpu" if settings.device.type == "cuda" else "cpu")
+    accelerator, devices = lightning_accelerator(settings.device)
+    # The mmseg recipe over these steps, in the precision the runtime policy trains in.
+    precision = training_precision(accelerator)
+    recipe = mmseg.replace(
+        max_steps=steps, pretrained="none", crop_size=crop, batch_size=args.train_batch,
+        precision=precision,
+    )
 
     def new_task() -> SegmentationTask:
         torch.manual_seed(0)  # identical initial weights in both paths
-        return SegmentationTask(
-            model=name, pretrained="none", max_steps=steps, channels_last=settings.channels_last
-        )
+        return SegmentationTask.from_recipe(name, recipe, channels_last=settings.channels_last)
 
     losses: dict[str, float] = {}
 
@@ -90,13 +90,12 @@ def measure_train(
         nonlocal runs
         runs += 1
         task, timer = new_task(), StepTimer()
-        with _quiet_lightning():
+        with quiet_lightning():
             trainer = build_trainer(
                 work / f"train-{runs}",
-                max_steps=steps,
+                recipe,
                 accelerator=accelerator,
                 devices=devices,
-                precision=precision,
                 progress=False,
                 extra_callbacks=[timer],
             )
@@ -115,7 +114,7 @@ def measure_train(
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda s: poly_factor(s, steps, hp.poly_power, hp.lr, min(hp.min_lr, hp.lr))
         )
-        amp = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(precision)
+        amp = precision_dtype(precision)
         scaler = torch.amp.GradScaler(enabled=amp == torch.float16)
         torch.manual_seed(1)
         start = time.perf_counter()

@@ -1,16 +1,18 @@
 """The benchmark suite: ``03_benchmark.ipynb`` through papermill once per model, then the report.
 
-Profiles hold the models and the shared parameters:
+A profile is a training recipe (``loveda_utils/training/recipe.py``), the notebook parameters
+its models share, and the models with their own overrides:
 
-* ``quick``: the CPU demo on the embedded mini-LoveDA (small models, 128 px crops, a short
-  schedule, random initialisation since nothing may download). Meant to finish within 15 minutes
-  on 2 cores and still give a readable table. With real LoveDA (``$LOVEDA_ROOT`` or
-  ``--data-root``) it evaluates a fixed subset of Val so that it stays a demo.
-* ``mmseg``: MMSeg's LoveDA protocol for a GPU (80k iterations, batch 16, crop 512, SGD 0.01,
-  ms+flip, fps over 200 images at 1024 px) over the torchvision, smp and EO-pretrained models.
+* ``quick``: the CPU demo on the embedded mini-LoveDA: the ``quick`` recipe (small crops, a short
+  schedule, random initialisation since nothing may download) over small models. Meant to finish
+  within 15 minutes on 2 cores and still give a readable table. With real LoveDA
+  (``$LOVEDA_ROOT`` or ``--data-root``) it evaluates a fixed subset of Val so that it stays a demo.
+* ``mmseg``: MMSeg's LoveDA protocol for a GPU: the ``mmseg`` recipe, ms+flip, fps over 200
+  images at 1024 px, over the torchvision, smp and EO-pretrained models.
 
 A failing model does not stop the suite; finished ones are skipped on a re-run unless
-``force``; an unfinished run folder (no record) is resumed; records never overwrite each other.
+``force``; an unfinished run folder (no record) is resumed (with ``force``: a fresh folder is
+claimed instead); records never overwrite each other.
 With several GPUs, models run in parallel, one per device.
 """
 
@@ -44,13 +46,14 @@ from ..results.store import (
     run_group_for,
     unfinished_group_run,
 )
+from ..training.recipe import DEFAULT_RECIPE, RECIPE_PARAMETER, Recipe, get_recipe
 
 BENCHMARK_NOTEBOOK = NOTEBOOKS_DIR / "03_benchmark.ipynb"
 
 
 @dataclass(frozen=True)
 class Profile:
-    """A named set of models with the notebook parameters they share.
+    """A named set of models, the recipe they train with and the notebook parameters they share.
 
     ``models`` maps each model to its own parameter overrides (usually none).
     ``real_data_params`` are applied on top of ``params`` when the data is real LoveDA.
@@ -61,9 +64,16 @@ class Profile:
     models: Mapping[str, Mapping[str, Any]]
     params: Mapping[str, Any]
     real_data_params: Mapping[str, Any] = field(default_factory=dict)
+    recipe: str = DEFAULT_RECIPE
+
+    def __post_init__(self) -> None:
+        get_recipe(self.recipe)  # an unknown recipe fails when the profile is made
 
     def params_for(self, model: str, synthetic: bool) -> dict[str, Any]:
-        out = dict(self.params)
+        """The notebook parameters of ``model``: the recipe's name, then the shared parameters,
+        the real-data ones and the model's own overrides (recipe fields among them override
+        the recipe's numbers)."""
+        out = {RECIPE_PARAMETER: self.recipe, **self.params}
         if not synthetic:
             out.update(self.real_data_params)
         out.update(self.models.get(model, {}))
@@ -91,14 +101,8 @@ PROFILES: dict[str, Profile] = {
             # it still trails at 400 steps (see the README's notes).
             lraspp_mobilenet_v3_large={"max_steps": 400},
         ),
+        recipe="quick",
         params={
-            "pretrained": "none",  # nothing may download; cached weights can be used via --set
-            "max_steps": 150,
-            "batch_size": 8,
-            "crop_size": 128,
-            "optimizer": "adamw",
-            "lr": 1e-3,
-            "weight_decay": 1e-4,
             "ms_flip": True,
             "fps_images": 20,
             "fps_size": None,  # the eval tiles' size
@@ -113,13 +117,8 @@ PROFILES: dict[str, Profile] = {
         name="mmseg",
         description="MMSeg's LoveDA protocol on real LoveDA, for a GPU",
         models=_tagged("mmseg"),
+        recipe="mmseg",
         params={
-            "pretrained": "default",
-            "max_steps": 80_000,
-            "batch_size": 16,
-            "crop_size": 512,
-            "optimizer": "sgd",
-            "lr": 0.01,
             "ms_flip": True,
             "fps_images": 200,
             "fps_size": 1024,
@@ -177,14 +176,19 @@ def plan(
     for name in names:
         params = prof.params_for(name, synthetic) | dict(overrides or {})
         params.update(model=name, data_root=str(root), results_dir=str(results_dir))
-        group = run_group_for(name, synthetic, int(params["crop_size"]), int(params["max_steps"]))
+        # The resolved numbers go to the notebook too, so that its parameters cell shows them.
+        recipe = Recipe.from_params(params)
+        params.update(recipe.to_params())
+        group = run_group_for(name, synthetic, recipe.crop_size, recipe.max_steps)
         job = Job(name, params, group)
         done = completed_runs(results_dir, group)
         if done and not force:
             job.status, job.run_dir = "skipped", done[-1]
             job.message = f"already done: {done[-1] / METRICS_FILE} (use --force to run again)"
         else:
-            job.run_dir = unfinished_group_run(results_dir, group) or claim_run_dir(results_dir, group)
+            # force: a fresh folder, never the unfinished one (its last.ckpt may be the problem).
+            unfinished = None if force else unfinished_group_run(results_dir, group)
+            job.run_dir = unfinished or claim_run_dir(results_dir, group)
         params["run_name"] = job.run_dir.name
         jobs.append(job)
     return jobs
@@ -193,7 +197,7 @@ def plan(
 # -- execution ------------------------------------------------------------------------------------
 
 
-def _execute(job: Job, gpu: str | None, log: Callable[[str], None]) -> Job:
+def _execute(job: Job, gpu: str | None) -> Job:
     params_file = job.run_dir / "suite_params.yaml"
     params_file.write_text(yaml.safe_dump(job.params, sort_keys=False))
     cmd = [sys.executable, "-m", "papermill", str(BENCHMARK_NOTEBOOK), str(job.notebook),
@@ -293,7 +297,7 @@ def run_suite(
         where = f" on cuda:{slot}" if slot is not None else ""
         log(f"[{index}/{len(todo)}] {job.model}{where}: running -> {job.run_dir}")
         try:
-            _execute(job, slot, log)
+            _execute(job, slot)
         finally:
             with lock:
                 free.append(slot)
@@ -321,117 +325,3 @@ def run_suite(
     for job in result.failed:
         log(f"  FAILED {job.model}: {job.message}")
     return result
-
-
-# -- estimate -------------------------------------------------------------------------------------
-
-
-def _estimate_one(model: str, params: dict[str, Any], steps: int, queue) -> None:
-    """In a fresh process (clean peak memory): time ``steps`` training iterations and one
-    evaluation forward, then report per-iteration time and peak memory."""
-    try:
-        import tempfile
-
-        import lightning as L
-        import torch
-
-        from ..data.datamodule import LoveDADataModule
-        from ..runtime import resolve_device, synchronize
-        from ..training.callbacks import PeakMemoryMonitor
-        from ..training.task import SegmentationTask, build_trainer
-        from .measure import count_params
-
-        class StepTimer(L.Callback):
-            def __init__(self) -> None:
-                self.times: list[float] = []
-                self._start = 0.0
-
-            def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-                synchronize(pl_module.device)
-                self._start = time.perf_counter()
-
-            def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-                synchronize(pl_module.device)
-                self.times.append(time.perf_counter() - self._start)
-
-        dm = LoveDADataModule(params["data_root"], batch_size=params["batch_size"],
-                              crop_size=params["crop_size"], num_workers=params.get("num_workers"),
-                              limit_eval_images=params.get("limit_eval_images"))
-        task = SegmentationTask(model=model, pretrained=params.get("pretrained", "default"),
-                                optimizer=params.get("optimizer", "sgd"), lr=params.get("lr", 0.01),
-                                max_steps=params["max_steps"])
-        timer = StepTimer()
-        with tempfile.TemporaryDirectory() as tmp:
-            trainer = build_trainer(tmp, max_steps=steps, progress=False, extra_callbacks=[timer],
-                                    accelerator=params.get("accelerator", "auto"), devices=1)
-            trainer.fit(task, datamodule=dm)
-        memory = next(cb for cb in trainer.callbacks if isinstance(cb, PeakMemoryMonitor))
-        warm = timer.times[2:] if len(timer.times) > 3 else timer.times[1:] or timer.times
-        per_step = sorted(warm)[len(warm) // 2]
-        # One whole-tile forward to project the evaluation.
-        device = resolve_device(params.get("accelerator", "auto"))
-        net = task.model.to(device).eval()
-        side = dm.eval_tile_size()[0]
-        image = torch.zeros(1, 3, side, side, dtype=torch.uint8, device=device)
-        with torch.inference_mode():
-            net(image)
-            synchronize(device)
-            start = time.perf_counter()
-            net(image).argmax(1)
-            synchronize(device)
-            per_tile = time.perf_counter() - start
-        # ms+flip costs one pass per scale and flip, in proportion to the scaled pixel count.
-        from ..evaluation.inference import MS_FLIP_SCALES
-
-        passes = 1 + (2 * sum(s * s for s in MS_FLIP_SCALES) if params.get("ms_flip") else 0)
-        queue.put({
-            "model": model, "params_m": count_params(task.model), "s_per_iter": per_step,
-            "train_hours": per_step * params["max_steps"] / 3600,
-            "eval_hours": per_tile * passes * len(dm.eval_dataset) / 3600,
-            "peak_mem_gb": memory.peak_gb, "mem_source": memory.source,
-        })
-    except Exception as exc:  # reported per model, the others go on
-        queue.put({"model": model, "error": f"{type(exc).__name__}: {exc}"})
-
-
-def estimate(
-    profile: str | Profile = "quick",
-    models: Sequence[str] | None = None,
-    data_root: str | Path | None = None,
-    steps: int = 6,
-    overrides: Mapping[str, Any] | None = None,
-    log: Callable[[str], None] = print,
-):
-    """Plan a GPU budget: a few iterations per model, then the projected time of the whole
-    schedule (training and evaluation), parameters and peak training memory.
-
-    Returns a ``pandas.DataFrame``, one row per model (``error`` filled when a model failed).
-    """
-    import multiprocessing
-
-    import pandas as pd
-
-    prof = get_profile(profile)
-    root = resolve_data_root(data_root)
-    names = list(models) if models else list(prof.models)
-    for name in names:
-        get_spec(name)
-    context = multiprocessing.get_context("spawn")
-    rows = []
-    for i, name in enumerate(names, 1):
-        params = prof.params_for(name, is_synthetic(root)) | dict(overrides or {})
-        params["data_root"] = str(root)
-        log(f"[{i}/{len(names)}] estimating {name} ({steps} iterations)...")
-        queue = context.Queue()
-        process = context.Process(target=_estimate_one, args=(name, params, steps, queue))
-        process.start()
-        process.join()
-        row = queue.get() if not queue.empty() else {"model": name, "error": f"exit code {process.exitcode}"}
-        spec = get_spec(name)
-        row.update(method=spec.method, backbone=spec.backbone, lr_schd=params["max_steps"],
-                   batch_size=params["batch_size"], crop_size=params["crop_size"])
-        rows.append(row)
-    columns = ["model", "method", "backbone", "params_m", "crop_size", "batch_size", "lr_schd",
-               "s_per_iter", "train_hours", "eval_hours", "peak_mem_gb", "mem_source", "error"]
-    frame = pd.DataFrame(rows)
-    return frame.reindex(columns=[c for c in columns if c in frame.columns])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -11,13 +12,16 @@ import papermill as pm
 import pytest
 from PIL import Image
 
-from loveda_utils.benchmark.suite import Profile, estimate, run_suite
+from loveda_utils.benchmark.config import BenchmarkConfig, read_benchmark_config
+from loveda_utils.benchmark.estimate import estimate
+from loveda_utils.benchmark.suite import Profile, run_suite
 from loveda_utils.cli import main as cli
 from loveda_utils.data.classes import raw_to_train
 from loveda_utils.evaluation.metrics import ConfusionMatrix
 from loveda_utils.paths import NOTEBOOKS_DIR
 from loveda_utils.results.schema import validate_record
 from loveda_utils.results.store import load_records
+from loveda_utils.training.recipe import CONFIG_FILE
 
 pytestmark = pytest.mark.slow
 
@@ -67,6 +71,9 @@ def test_papermill_run_writes_a_complete_record(first_run, tiny_mini: Path) -> N
     assert record["checkpoint"] == "checkpoints/last.ckpt"
     assert len(list((run_dir / "visuals").rglob("*.png"))) == 2
     assert list((run_dir / "logs").glob("version_0/metrics.csv"))
+    # config.yaml gives back the config the record holds (which holds the resolved recipe).
+    assert read_benchmark_config(run_dir / CONFIG_FILE).to_dict() == record["config"]
+    assert record["config"]["recipe"] == "mmseg" and record["config"]["max_steps"] == 2
 
 
 def test_record_miou_equals_recomputation_from_saved_predictions(first_run, tiny_mini: Path) -> None:
@@ -86,14 +93,21 @@ def test_record_miou_equals_recomputation_from_saved_predictions(first_run, tiny
     assert cm.compute().miou == pytest.approx(record["miou"], abs=1e-12)
 
 
-def test_second_run_leaves_the_first_record_intact(first_run, tiny_mini: Path, tmp_path: Path) -> None:
+def test_rerun_from_config_yaml_leaves_the_first_record_intact(first_run, tmp_path: Path) -> None:
+    """The first run's config.yaml, as papermill parameters (``-f``), reruns the same row."""
+    import yaml
+
     results, record_path = first_run
     before = record_path.read_bytes()
-    run_03(tmp_path / "again.ipynb", model=MODEL, data_root=str(tiny_mini), results_dir=str(results),
-           run_name=record_path.parent.name, ms_flip=False, **TINY)
+    first_config = record_path.parent / CONFIG_FILE
+    parameters = yaml.safe_load(first_config.read_text())
+    run_03(tmp_path / "again.ipynb", **parameters | {"run_name": record_path.parent.name, "ms_flip": False})
     assert record_path.read_bytes() == before
     names = sorted(p.parent.name for p in results.glob("runs/*/metrics.json"))
     assert names == [record_path.parent.name, record_path.parent.name + "-r2"]
+    second = read_benchmark_config(results / "runs" / names[1])
+    expected = read_benchmark_config(first_config)
+    assert second == dataclasses.replace(expected, run_name=record_path.parent.name, ms_flip=False)
 
 
 def test_checkpoint_is_evaluated_instead_of_trained(first_run, tiny_mini: Path, tmp_path: Path) -> None:
@@ -186,11 +200,9 @@ def test_estimate_projects_the_schedule(tiny_mini: Path) -> None:
 
 
 def test_notebook_parameters_match_the_config() -> None:
-    """The parameters cell lists every BenchmarkConfig field with the same default."""
+    """The parameters cell lists every BenchmarkConfig field with the same default, and the
+    names DESIGN.md section 4 documents."""
     import ast
-    import dataclasses
-
-    from loveda_utils.benchmark.run import BenchmarkConfig
 
     nb = nbformat.read(NOTEBOOKS_DIR / "03_benchmark.ipynb", as_version=4)
     (cell,) = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
@@ -198,3 +210,7 @@ def test_notebook_parameters_match_the_config() -> None:
               for node in ast.parse(cell.source).body if isinstance(node, ast.Assign)}
     defaults = {f.name: f.default for f in dataclasses.fields(BenchmarkConfig)}
     assert values == defaults
+    documented = ("model data_root train_scenes eval_scenes eval_split pretrained checkpoint max_steps "
+                  "batch_size crop_size lr ms_flip fps_images limit_eval_images seed accelerator devices "
+                  "precision results_dir save_predictions run_name").split()
+    assert set(documented) <= set(values)

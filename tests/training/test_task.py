@@ -16,33 +16,30 @@ from loveda_utils.data.datamodule import LoveDADataModule
 from loveda_utils.errors import CheckpointError, ConfigError
 from loveda_utils.evaluation.inference import evaluate
 from loveda_utils.evaluation.metrics import ConfusionMatrix
-from loveda_utils.training.task import (
-    SegmentationTask,
-    build_trainer,
-    fit,
-    last_checkpoint,
-    load_task,
-    poly_factor,
-)
+from loveda_utils.training.checkpoint import last_checkpoint, load_checkpoint
+from loveda_utils.training.recipe import MMSEG, QUICK
+from loveda_utils.training.task import SegmentationTask, poly_factor
+from loveda_utils.training.trainer import build_datamodule, fit
 
 pytestmark = pytest.mark.slow
 
 #: Small and quick on a CPU, and a real registry entry.
 MODEL = "unet_resnet18"
 STEPS = 30
+#: The quick recipe at test size.
+RECIPE = QUICK.replace(lr=2e-3, batch_size=4, crop_size=48, max_steps=STEPS)
 
 
 def _datamodule(root: Path, seed: int = 0) -> LoveDADataModule:
-    return LoveDADataModule(root, batch_size=4, crop_size=48, num_workers=0, seed=seed)
+    return build_datamodule(RECIPE, root, num_workers=0, seed=seed)
 
 
 def _train(root: Path, run_dir: Path, steps: int = STEPS, seed: int = 0) -> tuple[SegmentationTask, L.Trainer]:
     L.seed_everything(seed, workers=True, verbose=False)
-    task = SegmentationTask(model=MODEL, pretrained="none", optimizer="adamw", lr=2e-3,
-                            weight_decay=1e-4, max_steps=steps)
-    trainer = build_trainer(run_dir, max_steps=steps, progress=False, log_every_n_steps=1)
-    trainer.fit(task, datamodule=_datamodule(root, seed), ckpt_path=last_checkpoint(run_dir))
-    return task, trainer
+    outcome = fit(RECIPE.replace(max_steps=steps), _datamodule(root, seed), run_dir, model=MODEL,
+                  progress=False, log_every_n_steps=1)
+    assert outcome.trainer is not None
+    return outcome.task, outcome.trainer
 
 
 def _losses(run_dir: Path) -> list[float]:
@@ -134,6 +131,7 @@ def test_poly_schedule_matches_mmseg() -> None:
         expected = (0.01 - 1e-4) * (1 - t / 80_000) ** 0.9 + 1e-4
         assert 0.01 * poly_factor(t, 80_000, 0.9, 0.01, 1e-4) == pytest.approx(expected)
     task = SegmentationTask(model=MODEL, pretrained="none", max_steps=10)
+    assert task.hparams.lr == MMSEG.lr and task.hparams.min_lr == MMSEG.min_lr  # the recipe's
     opt = task.configure_optimizers()
     sgd, scheduler = opt["optimizer"], opt["lr_scheduler"]["scheduler"]
     assert isinstance(sgd, torch.optim.SGD) and opt["lr_scheduler"]["interval"] == "step"
@@ -153,30 +151,39 @@ def test_bad_parameters() -> None:
 
 def test_missing_and_corrupt_checkpoints(tmp_path: Path, trained) -> None:
     with pytest.raises(CheckpointError, match="does not exist"):
-        load_task(tmp_path / "nope.ckpt")
+        load_checkpoint(tmp_path / "nope.ckpt")
     corrupt = tmp_path / "corrupt.ckpt"
     corrupt.write_bytes(b"\x00garbage" * 100)
     with pytest.raises(CheckpointError, match="corrupt.ckpt is unreadable or corrupt"):
-        load_task(corrupt)
+        load_checkpoint(corrupt)
     other = tmp_path / "other.ckpt"
     torch.save({"weights": torch.zeros(1)}, other)
     with pytest.raises(CheckpointError, match="not a SegmentationTask checkpoint"):
-        load_task(other)
+        load_checkpoint(other)
     _, _, run_dir = trained
-    good = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
+    good = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
     good["hyper_parameters"]["model"] = "fcn_resnet50"
     mismatched = tmp_path / "mismatch.ckpt"
     torch.save(good, mismatched)
     with pytest.raises(CheckpointError, match="does not fit model 'fcn_resnet50'"):
-        load_task(mismatched)
-    loaded = load_task(run_dir / "checkpoints" / "last.ckpt")
-    assert loaded.hparams.model == MODEL
+        load_checkpoint(mismatched)
+    loaded = load_checkpoint(run_dir / "checkpoints" / "last.ckpt")
+    assert loaded.task.hparams.model == MODEL and loaded.global_step == STEPS
+    assert (loaded.crop_size, loaded.batch_size) == (RECIPE.crop_size, RECIPE.batch_size)
 
 
-def test_fit_helper(mini_loveda: Path, tmp_path: Path) -> None:
-    task, trainer = fit(MODEL, tmp_path / "f", data_root=mini_loveda, max_steps=2, batch_size=2,
-                        crop_size=48, pretrained="none", num_workers=0, progress=False)
-    assert trainer.global_step == 2 and last_checkpoint(tmp_path / "f") is not None
+def test_fit_reports_its_outcome(mini_loveda: Path, tmp_path: Path) -> None:
+    recipe = RECIPE.replace(max_steps=2, batch_size=2)
+    outcome = fit(recipe, build_datamodule(recipe, mini_loveda, num_workers=0), tmp_path / "f",
+                  model=MODEL, progress=False)
+    assert outcome.steps == 2 and outcome.checkpoint == last_checkpoint(tmp_path / "f") is not None
+    assert outcome.resumed_from is None and outcome.seconds > 0 and outcome.precision == "32-true"
+    assert outcome.peak_memory_gb > 0 and outcome.memory_source == "peak RSS"
+    assert outcome.final_loss is not None and outcome.task.hparams.optimizer == recipe.optimizer
+    # The Trainer stops at max_steps while the task keeps the recipe's schedule (estimate).
+    short = fit(RECIPE, build_datamodule(recipe, mini_loveda, num_workers=0), tmp_path / "g",
+                model=MODEL, max_steps=1, progress=False)
+    assert short.steps == 1 and short.task.hparams.max_steps == RECIPE.max_steps
 
 
 def test_ddp_fit_with_two_cpu_processes(mini_loveda: Path, tmp_path: Path) -> None:
@@ -184,10 +191,13 @@ def test_ddp_fit_with_two_cpu_processes(mini_loveda: Path, tmp_path: Path) -> No
     script = tmp_path / "ddp_fit.py"
     script.write_text(
         "import sys, torch\n"
-        "from loveda_utils.training.task import fit\n"
-        "task, trainer = fit('lraspp_mobilenet_v3_large', sys.argv[2], data_root=sys.argv[1], max_steps=3,\n"
-        "                    batch_size=2, crop_size=48, pretrained='none', accelerator='cpu', devices=2,\n"
-        "                    strategy='ddp', num_workers=0, progress=False)\n"
+        "from loveda_utils.training.recipe import QUICK\n"
+        "from loveda_utils.training.trainer import build_datamodule, fit\n"
+        "recipe = QUICK.replace(max_steps=3, batch_size=2, crop_size=48)\n"
+        "dm = build_datamodule(recipe, sys.argv[1], num_workers=0)\n"
+        "out = fit(recipe, dm, sys.argv[2], model='lraspp_mobilenet_v3_large', accelerator='cpu',\n"
+        "          devices=2, strategy='ddp', progress=False)\n"
+        "task, trainer = out.task, out.trainer\n"
         "w = torch.cat([p.detach().flatten() for p in task.parameters()])\n"
         "gathered = trainer.strategy.all_gather(w)\n"
         "if trainer.global_rank == 0:\n"

@@ -1,0 +1,127 @@
+"""The parameters of one benchmark run: ``notebooks/03_benchmark.ipynb``'s ``parameters`` cell.
+
+The names are the notebook's. The training numbers (``max_steps``, ``batch_size``,
+``crop_size``, ``lr``, ``precision``, ...) default to ``None``: the named ``recipe``'s
+(``loveda_utils/training/recipe.py``), so the notebook, the suite and the ``train`` command share
+one set of defaults. A built config holds the resolved values, and every run writes them to its
+folder as ``config.yaml``, which :func:`read_benchmark_config` turns back into the same config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..data.classes import normalize_scenes, normalize_split
+from ..errors import ConfigError
+from ..models.registry import get_spec
+from ..training.recipe import (
+    CONFIG_FILE,
+    DEFAULT_RECIPE,
+    RECIPE_FIELDS,
+    Recipe,
+    check_positive_int,
+    read_run_config,
+    write_run_config,
+)
+
+#: The command line written into a notebook run's ``config.yaml`` to rerun it.
+RERUN_NOTEBOOK = "papermill notebooks/03_benchmark.ipynb out.ipynb -f {path}"
+
+
+@dataclass
+class BenchmarkConfig:
+    """The parameters of ``03_benchmark.ipynb``; ``None`` for a recipe field means the recipe's.
+
+    The default recipe is MMSeg's LoveDA schedule (meant for a GPU); the evaluation defaults
+    are MMSeg's protocol: whole tiles of Val plus ms+flip, fps over 200 images at 1024 px.
+    """
+
+    model: str = "deeplabv3_resnet101"
+    data_root: str | None = None
+    train_scenes: str = "both"
+    eval_scenes: str = "both"
+    eval_split: str = "val"
+    pretrained: str | None = None
+    checkpoint: str | None = None
+    max_steps: int | None = None
+    batch_size: int | None = None
+    crop_size: int | None = None
+    lr: float | None = None
+    ms_flip: bool = True
+    fps_images: int = 200
+    limit_eval_images: int | None = None
+    seed: int = 0
+    accelerator: str = "auto"
+    devices: int | str = 1
+    precision: str | None = None
+    results_dir: str | None = None
+    save_predictions: bool = False
+    run_name: str | None = None
+    # Beyond the contract's names:
+    recipe: str = DEFAULT_RECIPE
+    optimizer: str | None = None
+    weight_decay: float | None = None
+    momentum: float | None = None
+    min_lr: float | None = None
+    poly_power: float | None = None
+    aux_weight: float | None = None
+    gradient_clip_val: float | None = None
+    strategy: str = "auto"
+    num_nodes: int = 1
+    num_workers: int | None = None
+    eval_batch_size: int = 1
+    eval_mode: str = "whole"
+    slide_window: int = 1024
+    slide_stride: int = 768
+    fps_size: int | None = 1024  # None: the eval tiles' size
+    fps_warmup: int = 5
+    flops_size: int = 1024
+    channels_last: bool | None = None  # None: on for CPU and CUDA+AMP inference (faster there)
+    visual_tiles: int = 4
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        get_spec(self.model)  # unknown model -> the list of valid names, before anything runs
+        normalize_split(self.eval_split)
+        normalize_scenes(self.train_scenes)
+        normalize_scenes(self.eval_scenes)
+        # The recipe with this run's overrides, checked; the fields then hold the resolved values.
+        for name, value in Recipe.from_params(dataclasses.asdict(self)).to_params().items():
+            if name in RECIPE_FIELDS:
+                setattr(self, name, value)
+        for name in ("fps_images", "eval_batch_size"):
+            check_positive_int(name, getattr(self, name))
+        if self.limit_eval_images is not None and self.limit_eval_images < 1:
+            raise ConfigError(f"limit_eval_images={self.limit_eval_images}: use None or a positive integer")
+        if self.eval_mode not in ("whole", "slide"):
+            raise ConfigError(f"eval_mode={self.eval_mode!r}: use 'whole' or 'slide'")
+
+    @property
+    def training_recipe(self) -> Recipe:
+        """The resolved recipe this run trains with."""
+        return Recipe.from_params(self.to_dict())
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any]) -> BenchmarkConfig:
+        """Build from a dict of notebook variables, ignoring names that are not parameters."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in params.items() if k in names})
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def write(self, run_dir: Path, data_root: Path) -> Path:
+        """Write ``<run_dir>/config.yaml``: this config, with the data root it resolved to."""
+        path = Path(run_dir) / CONFIG_FILE
+        parameters = self.to_dict() | {"data_root": str(data_root)}
+        return write_run_config(run_dir, self.training_recipe, parameters,
+                                rerun=RERUN_NOTEBOOK.format(path=path))
+
+
+def read_benchmark_config(path: str | Path) -> BenchmarkConfig:
+    """The config a run's ``config.yaml`` (or its run folder) holds, ready to run again."""
+    recipe, parameters = read_run_config(path)
+    return BenchmarkConfig.from_params(parameters | recipe.to_params())

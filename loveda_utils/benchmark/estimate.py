@@ -1,0 +1,181 @@
+"""Plan a GPU budget: time a few training steps and one evaluation forward per model, then
+project the whole schedule (``python -m loveda_utils estimate``).
+
+Each model is timed in a fresh process (a clean peak-memory counter), through the same training
+path as a real run (:func:`loveda_utils.training.trainer.fit`) and in the precision and memory
+format evaluation uses (:mod:`loveda_utils.runtime`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import multiprocessing
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+
+from ..data.root import resolve_data_root
+from ..data.synthetic import is_synthetic
+from ..evaluation.inference import MS_FLIP_SCALES
+from ..models.registry import get_spec
+from ..runtime import amp_dtype, autocast, channels_last_for, resolve_device, synchronize
+from ..training.recipe import Recipe
+from ..training.trainer import build_datamodule, fit
+from .measure import count_params
+from .suite import Profile, get_profile
+
+
+@dataclass(frozen=True)
+class Timing:
+    """What the child process measured for one model."""
+
+    seconds_per_step: float  # median over the steps after the first ones (warm-up)
+    seconds_per_tile: float  # one whole-tile forward + argmax at the eval tiles' size
+    eval_tiles: int
+    params_m: float
+    peak_memory_gb: float | None
+    memory_source: str | None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Estimate:
+    """One model's projected cost of a whole run (a row of :func:`estimate`'s table, in this
+    column order); the measured fields stay ``None`` when the model failed (``error``)."""
+
+    model: str
+    method: str
+    backbone: str
+    params_m: float | None = None
+    crop_size: int
+    batch_size: int
+    lr_schd: int
+    s_per_iter: float | None = None
+    train_hours: float | None = None
+    eval_hours: float | None = None
+    peak_mem_gb: float | None = None
+    mem_source: str | None = None
+    error: str | None = None
+
+
+class StepTimer(L.Callback):
+    """Seconds of each training step, the device synchronised at both ends."""
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+        self._start = 0.0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        synchronize(pl_module.device)
+        self._start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        synchronize(pl_module.device)
+        self.times.append(time.perf_counter() - self._start)
+
+
+def _time_model(model: str, params: Mapping[str, Any], steps: int) -> Timing:
+    recipe = Recipe.from_params(params)
+    accelerator = params.get("accelerator", "auto")
+    datamodule = build_datamodule(recipe, params["data_root"], num_workers=params.get("num_workers"),
+                                  limit_eval_images=params.get("limit_eval_images"))
+    timer = StepTimer()
+    with tempfile.TemporaryDirectory() as tmp:
+        trained = fit(recipe, datamodule, tmp, model=model, max_steps=steps, resume=False,
+                      channels_last=bool(params.get("channels_last")), accelerator=accelerator,
+                      devices=1, progress=False, extra_callbacks=[timer])
+    warm = timer.times[2:] if len(timer.times) > 3 else timer.times[1:] or timer.times
+    # One whole-tile forward, run as evaluate() runs it, to project the evaluation.
+    device = resolve_device(accelerator)
+    dtype = amp_dtype(device)
+    channels_last = params.get("channels_last")
+    if channels_last is None:
+        channels_last = channels_last_for(device, dtype)
+    net = trained.task.model.to(device).eval()
+    side = datamodule.eval_tile_size()[0]
+    image = torch.zeros(1, 3, side, side, dtype=torch.uint8, device=device)
+    if channels_last:
+        net = net.to(memory_format=torch.channels_last)
+        image = image.contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode(), autocast(device, dtype):
+        net(image)
+        synchronize(device)
+        start = time.perf_counter()
+        net(image).argmax(1)
+        synchronize(device)
+        per_tile = time.perf_counter() - start
+    return Timing(
+        seconds_per_step=sorted(warm)[len(warm) // 2],
+        seconds_per_tile=per_tile,
+        eval_tiles=len(datamodule.eval_dataset),
+        params_m=count_params(trained.task.model),
+        peak_memory_gb=trained.peak_memory_gb,
+        memory_source=trained.memory_source,
+    )
+
+
+def _estimate_one(model: str, params: Mapping[str, Any], steps: int, queue) -> None:
+    """In a fresh process (clean peak memory): put the model's :class:`Timing`, or the error
+    that stopped it, on ``queue``."""
+    try:
+        queue.put(_time_model(model, params, steps))
+    except Exception as exc:  # reported per model, the others go on
+        queue.put(f"{type(exc).__name__}: {exc}")
+
+
+def estimate(
+    profile: str | Profile = "quick",
+    models: Sequence[str] | None = None,
+    data_root: str | Path | None = None,
+    steps: int = 6,
+    overrides: Mapping[str, Any] | None = None,
+    log: Callable[[str], None] = print,
+):
+    """Plan a GPU budget: a few iterations per model, then the projected time of the whole
+    schedule (training and evaluation), parameters and peak training memory.
+
+    Returns a ``pandas.DataFrame``, one :class:`Estimate` per row (an ``error`` column when a
+    model failed).
+    """
+    import pandas as pd
+
+    prof = get_profile(profile)
+    root = resolve_data_root(data_root)
+    names = list(models) if models else list(prof.models)
+    for name in names:
+        get_spec(name)
+    context = multiprocessing.get_context("spawn")
+    rows = []
+    for i, name in enumerate(names, 1):
+        params = prof.params_for(name, is_synthetic(root)) | dict(overrides or {})
+        params["data_root"] = str(root)
+        recipe = Recipe.from_params(params)
+        log(f"[{i}/{len(names)}] estimating {name} ({steps} iterations)...")
+        queue = context.Queue()
+        process = context.Process(target=_estimate_one, args=(name, params, steps, queue))
+        process.start()
+        process.join()
+        found = queue.get() if not queue.empty() else f"exit code {process.exitcode}"
+        spec = get_spec(name)
+        row = Estimate(model=name, method=spec.method, backbone=spec.backbone,
+                       crop_size=recipe.crop_size, batch_size=recipe.batch_size,
+                       lr_schd=recipe.max_steps)
+        if isinstance(found, Timing):
+            # ms+flip costs one pass per scale and flip, in proportion to the scaled pixel count.
+            passes = 1 + (2 * sum(s * s for s in MS_FLIP_SCALES) if params.get("ms_flip") else 0)
+            row = dataclasses.replace(
+                row, params_m=found.params_m, s_per_iter=found.seconds_per_step,
+                train_hours=found.seconds_per_step * recipe.max_steps / 3600,
+                eval_hours=found.seconds_per_tile * passes * found.eval_tiles / 3600,
+                peak_mem_gb=found.peak_memory_gb, mem_source=found.memory_source,
+            )
+        else:
+            row = dataclasses.replace(row, error=str(found))
+        rows.append(dataclasses.asdict(row))
+    frame = pd.DataFrame(rows, columns=[f.name for f in dataclasses.fields(Estimate)])
+    return frame.drop(columns="error") if frame["error"].isna().all() else frame

@@ -1,0 +1,226 @@
+"""Training recipes: the one home of the schedule, optimiser, crop and batch numbers.
+
+A :class:`Recipe` is to a run what an MMSeg config's ``schedule`` + ``optim_wrapper`` +
+``train_dataloader`` sections are: every number that shapes training. ``SegmentationTask``, the
+notebook's parameters (``loveda_utils/benchmark/config.py``), the ``train`` command's flags and
+the suite's profiles take their defaults from a named recipe here, and every run writes the
+recipe it resolved to its folder as ``config.yaml`` (:func:`write_run_config`), from which
+:func:`read_run_config` gets it back to rerun the row.
+
+* ``mmseg``: MMSeg's LoveDA schedule (``configs/_base_/schedules/schedule_80k.py`` with the
+  LoveDA dataset config): SGD lr 0.01, momentum 0.9, weight decay 5e-4, poly decay of power 0.9
+  to 1e-4 per iteration over 80k iterations, 512 px crops, 16 images per step (MMSeg: 4 GPUs x 4
+  images; here one device holds the whole batch), auxiliary FCN head weighted 0.4, no warm-up.
+* ``quick``: the CPU demo on the embedded mini-LoveDA: AdamW, 128 px crops, 150 steps, random
+  initialisation (nothing may download).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..errors import ConfigError
+from ..files import write_text_atomic
+
+OPTIMIZERS = ("sgd", "adamw")
+#: The run folder's file holding the resolved recipe and parameters.
+CONFIG_FILE = "config.yaml"
+#: The parameter that names the recipe (in notebook parameters, ``config.yaml`` and the suite).
+RECIPE_PARAMETER = "recipe"
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Every number that shapes training, under a name (see the module docstring).
+
+    Attributes:
+        name: the recipe this one was resolved from (a key of :data:`RECIPES`).
+        max_steps: training iterations, the length of the poly schedule (the table's Lr schd).
+        lr, min_lr, poly_power: poly decay from ``lr`` to ``min_lr`` (MMSeg's ``PolyLR`` with
+            ``eta_min``), stepped per iteration; a ``min_lr`` above ``lr`` is clamped to ``lr``.
+        optimizer: ``"sgd"`` or ``"adamw"``; ``momentum`` applies to SGD only.
+        weight_decay: the optimiser's weight decay (decoupled for AdamW).
+        crop_size: side of the square training crop.
+        batch_size: training images per step on each device.
+        precision: Lightning's precision string; ``None``: the runtime policy
+            (:func:`loveda_utils.runtime.training_precision`).
+        pretrained: initial weights, as :func:`loveda_utils.models.registry.build_model` takes them.
+        aux_weight: weight of the auxiliary head's loss (models without one ignore it).
+        gradient_clip_val: clip gradients to this norm; ``None``: no clipping.
+    """
+
+    name: str
+    max_steps: int
+    lr: float
+    min_lr: float
+    poly_power: float
+    optimizer: str
+    momentum: float
+    weight_decay: float
+    crop_size: int
+    batch_size: int
+    precision: str | None
+    pretrained: str
+    aux_weight: float
+    gradient_clip_val: float | None
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"optimizer={self.optimizer!r}: use one of {', '.join(OPTIMIZERS)}")
+        for name in ("max_steps", "crop_size", "batch_size"):
+            check_positive_int(name, getattr(self, name))
+        for name in ("lr", "poly_power"):
+            if not _is_number(getattr(self, name)) or getattr(self, name) <= 0:
+                raise ConfigError(f"{name}={getattr(self, name)!r}: must be a positive number")
+        for name in ("min_lr", "momentum", "weight_decay", "aux_weight"):
+            if not _is_number(getattr(self, name)) or getattr(self, name) < 0:
+                raise ConfigError(f"{name}={getattr(self, name)!r}: must be a number >= 0")
+        if self.gradient_clip_val is not None and (
+            not _is_number(self.gradient_clip_val) or self.gradient_clip_val <= 0
+        ):
+            raise ConfigError(
+                f"gradient_clip_val={self.gradient_clip_val!r}: use None or a positive number"
+            )
+        if self.precision is not None and not isinstance(self.precision, str):
+            raise ConfigError(
+                f"precision={self.precision!r}: use None or a Lightning precision such as "
+                "'32-true', '16-mixed' or 'bf16-mixed'"
+            )
+
+    def replace(self, **changes: Any) -> Recipe:
+        """This recipe with some fields changed (validated like a new one)."""
+        unknown = sorted(set(changes) - {"name", *RECIPE_FIELDS})
+        if unknown:
+            raise ConfigError(
+                f"{', '.join(unknown)}: not a recipe field; use {', '.join(RECIPE_FIELDS)}"
+            )
+        return dataclasses.replace(self, **changes)
+
+    def to_params(self) -> dict[str, Any]:
+        """The recipe as run parameters: ``recipe`` (its name) and every field."""
+        values = dataclasses.asdict(self)
+        return {RECIPE_PARAMETER: values.pop("name"), **values}
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any]) -> Recipe:
+        """The recipe ``params`` name (``recipe``, default ``mmseg``) with the recipe fields that
+        ``params`` sets to a value (``None`` keeps the recipe's) replaced; other keys are ignored."""
+        base = get_recipe(params.get(RECIPE_PARAMETER) or DEFAULT_RECIPE)
+        changes = {k: params[k] for k in RECIPE_FIELDS if params.get(k) is not None}
+        return base.replace(**changes)
+
+
+def check_positive_int(name: str, value: Any) -> None:
+    """Refuse anything but a positive ``int`` (``bool`` included) for parameter ``name``."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ConfigError(f"{name}={value!r}: must be a positive integer")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+#: The field names a recipe sets (its ``name`` aside): run parameters under these names override it.
+RECIPE_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Recipe) if f.name != "name")
+
+MMSEG = Recipe(
+    name="mmseg",
+    max_steps=80_000,
+    lr=0.01,
+    min_lr=1e-4,
+    poly_power=0.9,
+    optimizer="sgd",
+    momentum=0.9,
+    weight_decay=5e-4,
+    crop_size=512,
+    batch_size=16,
+    precision=None,
+    pretrained="default",
+    aux_weight=0.4,
+    gradient_clip_val=None,
+)
+
+QUICK = MMSEG.replace(
+    name="quick",
+    max_steps=150,
+    lr=1e-3,
+    optimizer="adamw",
+    weight_decay=1e-4,
+    crop_size=128,
+    batch_size=8,
+    pretrained="none",  # nothing may download; cached weights can be asked for by overriding it
+)
+
+RECIPES: dict[str, Recipe] = {recipe.name: recipe for recipe in (MMSEG, QUICK)}
+DEFAULT_RECIPE = MMSEG.name
+
+
+def get_recipe(name: str) -> Recipe:
+    """The named recipe; an unknown name is refused with the valid ones."""
+    if name not in RECIPES:
+        raise ConfigError(f"recipe={name!r}: use one of {', '.join(RECIPES)}")
+    return RECIPES[name]
+
+
+def recipe_field_types() -> dict[str, type]:
+    """Each recipe field's value type (``str | None`` -> ``str``), for command-line flags."""
+    hints = typing.get_type_hints(Recipe)
+    out = {}
+    for name in RECIPE_FIELDS:
+        kind = hints[name]
+        args = [a for a in typing.get_args(kind) if a is not type(None)]
+        out[name] = args[0] if args else kind
+    return out
+
+
+# -- config.yaml ----------------------------------------------------------------------------------
+
+
+def write_run_config(
+    run_dir: str | Path, recipe: Recipe, parameters: Mapping[str, Any], rerun: str
+) -> Path:
+    """Write ``<run_dir>/config.yaml``: the resolved recipe, then the run's other parameters.
+
+    One flat mapping of parameter names (as MMSeg's dumped configs are one file per run), so
+    that the file is both readable and a papermill parameters file (``-f config.yaml``).
+    ``rerun`` is the command line that reruns the row, written as the file's first comment.
+    """
+    recipe_params = recipe.to_params()
+    rest = {k: v for k, v in parameters.items() if k not in recipe_params}
+    text = (
+        f"# The resolved recipe and parameters of this run. Rerun it with:\n#   {rerun}\n"
+        f"# Recipe {recipe.name!r} of loveda_utils/training/recipe.py, with this run's overrides:\n"
+        + yaml.safe_dump(recipe_params, sort_keys=False)
+        + "# Run parameters:\n"
+        + yaml.safe_dump(rest, sort_keys=False)
+    )
+    return write_text_atomic(Path(run_dir) / CONFIG_FILE, text)
+
+
+def read_run_config(path: str | Path) -> tuple[Recipe, dict[str, Any]]:
+    """The recipe and the other parameters of a ``config.yaml`` (or a run folder holding one).
+
+    Raises:
+        ConfigError: naming the file when it is missing, not YAML, or not a mapping of names.
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / CONFIG_FILE
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"config {path}: cannot be read ({exc.strerror}); pass a run's {CONFIG_FILE}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config {path} is not valid YAML ({exc}); pass a run's {CONFIG_FILE}") from None
+    if not isinstance(data, dict) or not all(isinstance(k, str) for k in data):
+        raise ConfigError(f"config {path} is not a mapping of parameter names; pass a run's {CONFIG_FILE}")
+    recipe = Recipe.from_params(data)
+    parameters = {k: v for k, v in data.items() if k != RECIPE_PARAMETER and k not in RECIPE_FIELDS}
+    return recipe, parameters
