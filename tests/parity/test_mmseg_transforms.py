@@ -33,6 +33,13 @@ from loveda_utils.data.transforms import (
     train_transforms,
 )
 
+#: mmcv-lite's notice that it has no compiled attention op, and MMSeg's own deprecation notice for
+#: the ``reduce_zero_label`` its LoveDA config sets: expected, not findings.
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:Fail to import ``MultiScaleDeformableAttention``:UserWarning",
+    "ignore:`reduce_zero_label` will be deprecated:UserWarning",
+)
+
 LOVEDA = "_base_/datasets/loveda.py"
 DEEPLAB = "deeplabv3plus/deeplabv3plus_r50-d8_4xb4-80k_loveda-512x512.py"
 #: MMSeg's OpenCV arithmetic is replicated bit for bit where the CPU vectorises it; elsewhere
@@ -253,9 +260,9 @@ def test_mmseg_hsv_conversions_on_every_colour(mmseg_ref) -> None:
 
 def test_mmseg_pad_reaches_the_network_as_mmseg_padding(mmseg_ref, real_tiles) -> None:
     """MMSeg pads after normalisation with 0 / 255; our uint8 mean colour normalises to ~0."""
+    from mmengine.structures import PixelData
     from mmseg.registry import MODELS
     from mmseg.structures import SegDataSample
-    from mmengine.structures import PixelData
 
     cfg = mmseg_ref.config(DEEPLAB).model.data_preprocessor
     preprocessor = MODELS.build(cfg)
