@@ -119,8 +119,7 @@ class TileConfusions:
     def select(self, keep: np.ndarray | Sequence[int]) -> TileConfusions:
         """The tiles at ``keep`` (indices or a boolean mask), in that order."""
         index = np.asarray(keep)
-        if index.dtype == bool:
-            index = np.flatnonzero(index)
+        index = np.flatnonzero(index) if index.dtype == bool else index.astype(np.intp)
         return TileConfusions(
             tuple(self.names[i] for i in index),
             tuple(self.scenes[i] for i in index),

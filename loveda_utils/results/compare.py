@@ -155,4 +155,4 @@ def format_comparison(comparison: RunComparison) -> str:
     for name, diff in p.per_class.items():
         mark = "  0 outside the interval" if diff.significant else ""
         lines.append(f"  {name:<{width}}  {_points(diff.difference):>7}  {_ci(diff.ci):<18}{mark}")
-    return "\n".join(lines)
+    return "\n".join(line.rstrip() for line in lines)
