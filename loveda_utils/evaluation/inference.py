@@ -41,7 +41,7 @@ from ..data.classes import (
 from ..files import atomic_output
 from ..runtime import amp_dtype, autocast, channels_last_for, synchronize
 from .metrics import SegmentationScores, scores_from_confusion
-from .per_tile import PerTileConfusion, TileConfusions, tile_name
+from .per_tile import PerTileConfusion, TileConfusions, tile_names
 
 __all__ = [
     "MS_FLIP_SCALES",
@@ -441,16 +441,7 @@ def evaluate(
                     f"batch['mask'] has shape {tuple(target.shape)} but the predictions "
                     f"{tuple(labels.shape)}; masks must be [B, H, W] at the image size"
                 )
-            first = n_scored  # tiles without split/scene/name are named by position
-            tiles = [
-                tile_name(
-                    None if splits is None else splits[i],
-                    None if scenes is None else scenes[i],
-                    None if names is None else names[i],
-                    first + i,
-                )
-                for i in range(take)
-            ]
+            tiles = tile_names(splits, scenes, names, first=n_scored, n=take)
             confusion.update(labels, target, scenes, tiles)
         if save_dir is not None:
             if splits is None or scenes is None or names is None:

@@ -23,7 +23,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -39,7 +39,7 @@ __all__ = [
     "TileConfusions",
     "load_per_tile",
     "save_per_tile",
-    "tile_name",
+    "tile_names",
 ]
 
 #: The per-tile file in a run folder, beside ``metrics.json``.
@@ -54,15 +54,21 @@ _NAMES, _SCENES, _CLASSES, _CONFUSION, _CONFUSION_MS_FLIP = (
 )
 
 
-def tile_name(split: str | None, scene: str | None, name: str | None, index: int) -> str:
-    """A tile's name relative to the data root, ``<Split>/<Scene>/<file name>``.
+def tile_names(
+    splits: Sequence[Any] | None,
+    scenes: Sequence[Any] | None,
+    names: Sequence[Any] | None,
+    first: int,
+    n: int,
+) -> list[str]:
+    """The names of a batch's ``n`` tiles relative to the data root, ``<Split>/<Scene>/<file>``.
 
     A batch that does not say all three (a custom loader) names its tiles by their position in
-    the evaluation, ``#<index>``: such names pair only with a run over the same loader.
+    the evaluation, ``#<first + i>``: such names pair only with a run over the same loader.
     """
-    if split is None or scene is None or name is None:
-        return f"#{index}"
-    return f"{split}/{scene}/{Path(str(name)).name}"
+    if splits is None or scenes is None or names is None:
+        return [f"#{first + i}" for i in range(n)]
+    return [f"{splits[i]}/{scenes[i]}/{Path(str(names[i])).name}" for i in range(n)]
 
 
 @dataclass(frozen=True, eq=False)
@@ -70,7 +76,7 @@ class TileConfusions:
     """The confusion matrix of every scored tile of one evaluation.
 
     Attributes:
-        names: ``<Split>/<Scene>/<file name>`` per tile (see :func:`tile_name`), unique.
+        names: ``<Split>/<Scene>/<file name>`` per tile (see :func:`tile_names`), unique.
         scenes: the tile's scene key (lower-case, as ``EvaluationResult.per_scene``; ``""``
             when the batch named none).
         confusion: int64 ``[N, C, C]``, rows = ground truth, columns = prediction.
@@ -170,7 +176,7 @@ class PerTileConfusion(PerSceneConfusion):
     ) -> None:
         """Add a batch ``[B, H, W]`` (or one ``[H, W]`` tile). ``scenes`` as
         :meth:`PerSceneConfusion.update`; ``names`` gives each tile's name (see
-        :func:`tile_name`), ``None`` names them by position."""
+        :func:`tile_names`), ``None`` names them by position."""
         if pred.ndim == 2:
             pred, target = pred.unsqueeze(0), target.unsqueeze(0)
         if pred.ndim != 3:
@@ -180,11 +186,11 @@ class PerTileConfusion(PerSceneConfusion):
         if len(keys) != b:
             raise ValueError(f"scenes names {len(keys)} samples but the batch holds {b}")
         first = len(self._tile_names)
-        tile_names = (
+        batch_names = (
             [f"#{first + i}" for i in range(b)] if names is None else [str(n) for n in names]
         )
-        if len(tile_names) != b:
-            raise ValueError(f"names names {len(tile_names)} samples but the batch holds {b}")
+        if len(batch_names) != b:
+            raise ValueError(f"names names {len(batch_names)} samples but the batch holds {b}")
         o = self.overall
         groups = torch.arange(b, dtype=torch.long)
         counts = _confusion_counts(
@@ -198,7 +204,7 @@ class PerTileConfusion(PerSceneConfusion):
             matrix._follow(counts.device)
             matrix._matrix += counts[members].sum(0)
         self._tile_counts.append(counts)
-        self._tile_names += tile_names
+        self._tile_names += batch_names
         self._tile_scenes += keys
 
     def reset(self) -> None:
