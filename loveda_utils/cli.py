@@ -426,6 +426,34 @@ def train(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- compare -----------------------------------------------------------------------------------
+
+
+def _compare_args(p: argparse.ArgumentParser) -> None:
+    from .evaluation.bootstrap import BOOTSTRAP_LEVEL, BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED
+
+    p.add_argument("run_a", help="run folder A (holding per_tile_confusion.npz)")
+    p.add_argument("run_b", help="run folder B; the differences printed are B - A")
+    p.add_argument("--ms-flip", action="store_true", help="compare the ms+flip evaluations")
+    p.add_argument("--resamples", type=int, default=BOOTSTRAP_RESAMPLES,
+                   help=f"bootstrap resamples (default {BOOTSTRAP_RESAMPLES})")
+    p.add_argument("--seed", type=int, default=BOOTSTRAP_SEED,
+                   help=f"bootstrap seed (default {BOOTSTRAP_SEED})")
+    p.add_argument("--level", type=float, default=BOOTSTRAP_LEVEL,
+                   help=f"interval coverage (default {BOOTSTRAP_LEVEL})")
+
+
+@command("compare", "paired bootstrap over the tiles two runs evaluated: mIoU and per-class "
+         "IoU differences (B - A) with their intervals", _compare_args)
+def compare(args: argparse.Namespace) -> int:
+    from .results.compare import compare_runs, format_comparison
+
+    comparison = compare_runs(args.run_a, args.run_b, ms_flip=args.ms_flip,
+                              resamples=args.resamples, seed=args.seed, level=args.level)
+    print(format_comparison(comparison))
+    return 0
+
+
 # -- entry point -------------------------------------------------------------------------------
 
 

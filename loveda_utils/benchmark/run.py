@@ -31,6 +31,7 @@ from ..models.registry import get_spec
 from ..paths import PROJECT_ROOT, RESULTS_DIR
 from ..results.schema import RECORD_SCHEMA, check_record_keys, validate_record
 from ..results.store import METRICS_FILE, PARAMS_FILE, claim_run_dir, run_group_for, unfinished_run
+from ..results.uncertainty import save_run_tiles, uncertainty_fields
 from ..runtime import default_channels_last, resolve_device
 from ..training.checkpoint import LoadedCheckpoint, load_checkpoint
 from ..training.task import SegmentationTask
@@ -180,6 +181,7 @@ class BenchmarkRun:
         """Whole-tile (or sliding-window) evaluation on the eval split, then ms+flip if asked."""
         single = self._evaluate(ms_flip=False, save=self.config.save_predictions)
         ms_flip = self._evaluate(ms_flip=True, save=False) if self.config.ms_flip else None
+        save_run_tiles(self.run_dir, single, ms_flip)
         self.evaluation = Evaluation(single=single, ms_flip=ms_flip)
         return self.evaluation
 
@@ -269,6 +271,7 @@ class BenchmarkRun:
         speed = measurement.speed
         dataset = self.datamodule.describe()
         dataset["n_images"] = single.n_images
+        ci = uncertainty_fields(single, ms)
         return check_record_keys({
             "schema": RECORD_SCHEMA,
             "run_name": self.run_dir.name,
@@ -299,6 +302,10 @@ class BenchmarkRun:
             "per_class_iou_ms_flip": ms.scores.per_class_iou if ms else None,
             "per_scene_miou": _per_scene(single),
             "per_scene_miou_ms_flip": _per_scene(ms) if ms else None,
+            "miou_ci": ci["miou_ci"],
+            "miou_ms_flip_ci": ci["miou_ms_flip_ci"],
+            "per_scene_miou_ci": ci["per_scene_miou_ci"],
+            "bootstrap": ci["bootstrap"],
             "params_m": measurement.params_m,
             "gflops": measurement.gflops,
             "flops_size": measurement.flops_size,

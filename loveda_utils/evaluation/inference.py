@@ -40,7 +40,8 @@ from ..data.classes import (
 )
 from ..files import atomic_output
 from ..runtime import amp_dtype, autocast, channels_last_for, synchronize
-from .metrics import PerSceneConfusion, SegmentationScores, scores_from_confusion
+from .metrics import SegmentationScores, scores_from_confusion
+from .per_tile import PerTileConfusion, TileConfusions, tile_names
 
 __all__ = [
     "MS_FLIP_SCALES",
@@ -229,6 +230,8 @@ class EvaluationResult:
         per_scene: scene (lower-case ``"urban"``/``"rural"``) -> scores.
         n_images: images predicted; ``n_scored`` of them had a mask.
         confusion: overall ``[C, C]`` int64 matrix (CPU); ``per_scene_confusion`` per scene.
+        tiles: each scored tile's ``[C, C]`` matrix (49 counts per tile), named
+            ``<Split>/<Scene>/<file name>``; they sum to ``confusion`` exactly.
         seconds: wall time of the loop (data loading included, device synchronised).
         predictions_dir: where predictions were saved, if they were.
     """
@@ -242,6 +245,7 @@ class EvaluationResult:
     seconds: float
     predictions_dir: Path | None = None
     settings: dict[str, Any] = field(default_factory=dict)
+    tiles: TileConfusions = field(default_factory=TileConfusions.empty)
 
     @property
     def miou(self) -> float | None:
@@ -404,7 +408,7 @@ def evaluate(
     if isinstance(model, nn.Module):
         model.eval()
     # Labels come from an argmax (always in range): no range check, only the targets'.
-    confusion = PerSceneConfusion(
+    confusion = PerTileConfusion(
         num_classes, class_names=class_names, device=device, validate=False
     )
     n_images = n_scored = 0
@@ -427,6 +431,8 @@ def evaluate(
         labels = labels_from_logits(out)
         del out
         scenes = _as_list(batch.get("scene"), take, "scene")
+        splits = _as_list(batch.get("split"), take, "split")
+        names = _as_list(batch.get("name"), take, "name")
         mask = batch.get("mask")
         if mask is not None:
             target = mask[:take].to(device, non_blocking=True)
@@ -435,10 +441,9 @@ def evaluate(
                     f"batch['mask'] has shape {tuple(target.shape)} but the predictions "
                     f"{tuple(labels.shape)}; masks must be [B, H, W] at the image size"
                 )
-            confusion.update(labels, target, scenes)
+            tiles = tile_names(splits, scenes, names, first=n_scored, n=take)
+            confusion.update(labels, target, scenes, tiles)
         if save_dir is not None:
-            splits = _as_list(batch.get("split"), take, "split")
-            names = _as_list(batch.get("name"), take, "name")
             if splits is None or scenes is None or names is None:
                 raise ValueError(
                     "save_predictions_dir needs 'split', 'scene' and 'name' in every batch "
@@ -489,6 +494,7 @@ def evaluate(
         per_scene_confusion=scene_matrices,
         seconds=seconds,
         predictions_dir=save_dir,
+        tiles=confusion.tiles(),
         settings={
             "mode": mode,
             "ms_flip": ms_flip,

@@ -399,6 +399,9 @@ def test_evaluate_memory_is_flat_in_the_number_of_tiles(tmp_path: Path) -> None:
     # The result holds the same fixed-size matrices whatever the number of tiles.
     assert tensor_footprint(r_small) == tensor_footprint(r_large)
     assert set(tensor_footprint(r_large)) == {(NUM_CLASSES, NUM_CLASSES)}
+    # Only the per-tile counts grow with the tiles: 49 int64 per tile, nothing pixel-sized.
+    assert r_large.tiles.confusion.shape == (16, NUM_CLASSES, NUM_CLASSES)
+    assert r_large.tiles.confusion.nbytes == 16 * NUM_CLASSES**2 * 8
 
 
 def test_evaluate_result_agrees_with_a_direct_confusion(tree: Path) -> None:
