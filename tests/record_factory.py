@@ -15,6 +15,7 @@ from PIL import Image
 
 from loveda_utils.data.classes import CLASS_NAMES
 from loveda_utils.files import write_json_atomic
+from loveda_utils.results.schema import RECORD_SCHEMA
 from loveda_utils.results.store import claim_run_dir, run_group_for
 
 #: (model, method, backbone) of the registry entries used in the records.
@@ -41,7 +42,7 @@ def make_record(
         c: round(min(1.0, max(0.0, miou + 0.03 * (i - 3))), 4) for i, c in enumerate(CLASS_NAMES)
     }
     record = {
-        "schema": 1,
+        "schema": RECORD_SCHEMA,
         "run_name": run_name or group,
         "run_group": group,
         "status": "complete",
@@ -70,6 +71,15 @@ def make_record(
         "per_class_iou_ms_flip": None,
         "per_scene_miou": {"urban": round(miou + 0.02, 4), "rural": round(miou - 0.03, 4)},
         "per_scene_miou_ms_flip": None,
+        "miou_ci": [round(miou - 0.012, 4), round(miou + 0.011, 4)],
+        "miou_ms_flip_ci": None,
+        "per_scene_miou_ci": {
+            "urban": [round(miou + 0.005, 4), round(miou + 0.035, 4)],
+            "rural": [round(miou - 0.045, 4), round(miou - 0.015, 4)],
+        },
+        "bootstrap": {
+            "resamples": 2000, "seed": 0, "level": 0.95, "unit": "tile", "interval": "percentile",
+        },
         "params_m": 43.5812,
         "gflops": 708.04,
         "flops_size": 1024,

@@ -50,7 +50,7 @@ __all__ = [
 Record = dict[str, Any]
 
 #: Version of the ``metrics.json`` format this package reads and writes.
-RECORD_SCHEMA: int = 1
+RECORD_SCHEMA: int = 2
 #: The contributors' contract whose record table is generated from :data:`FIELDS`.
 CONTRACTS_FILE = PROJECT_ROOT / "docs" / "CONTRACTS.md"
 CONTRACTS_START = "<!-- fields:start -->"
@@ -60,7 +60,9 @@ REGENERATE = "python -m loveda_utils.results.schema --write-contracts"
 
 #: A field's type. ``fraction``: a number in [0, 1] (IoU values are fractions, not percent);
 #: ``time``: an ISO 8601 string; ``object``: a JSON object (its keys in ``keys`` or ``fields``).
-Kind = Literal["int", "float", "fraction", "str", "bool", "time", "list[str]", "object"]
+Kind = Literal[
+    "int", "float", "fraction", "interval", "str", "bool", "time", "list[str]", "object"
+]
 
 
 @dataclass(frozen=True)
@@ -81,6 +83,14 @@ class Field:
     keys: tuple[str, ...] = ()
     values: Kind | None = None
     fields: tuple[Field, ...] = ()
+    #: The record format version that added the field: older records, written before it
+    #: existed, stay valid without it (``metrics.json`` files are never rewritten).
+    since: int = 1
+
+
+def fields_of(schema: int) -> tuple[Field, ...]:
+    """The top-level fields a record of format version ``schema`` holds."""
+    return tuple(f for f in FIELDS if f.since <= schema)
 
 
 _SCENE_KEYS = tuple(s.lower() for s in SCENES)
@@ -88,7 +98,8 @@ _NOT_TRAINED = "null when a checkpoint was only evaluated here"
 
 #: The record's fields, in the order ``docs/CONTRACTS.md`` lists them.
 FIELDS: tuple[Field, ...] = (
-    Field("schema", "int", "record format version", choices=(RECORD_SCHEMA,)),
+    Field("schema", "int", "record format version (records of every version up to this "
+          "package's are read)", choices=tuple(range(1, RECORD_SCHEMA + 1))),
     Field("run_name", "str", "the run folder's name: `runs/<run_name>/`"),
     Field("run_group", "str", "`<model>-<mini|loveda>-<crop_size>px-<lr_schd>it`: runs of one "
        "group are repeats; the table keeps the newest"),
@@ -131,6 +142,20 @@ FIELDS: tuple[Field, ...] = (
        keys=_SCENE_KEYS, values="fraction"),
     Field("per_scene_miou_ms_flip", "object", "`per_scene_miou` with ms+flip; null when not run",
        nullable=True, keys=_SCENE_KEYS, values="fraction"),
+    Field("miou_ci", "interval", "bootstrap interval of `miou` over tiles (`bootstrap`); null "
+       "when no pixel was evaluated", nullable=True, since=2),
+    Field("miou_ms_flip_ci", "interval", "`miou_ci` of `miou_ms_flip`; null when not run",
+       nullable=True, since=2),
+    Field("per_scene_miou_ci", "object", "`miou_ci` of each scene's mIoU, over that scene's "
+       "tiles; null for a scene not evaluated", keys=_SCENE_KEYS, values="interval", since=2),
+    Field("bootstrap", "object", "how the intervals were drawn", fields=(
+        Field("resamples", "int", "resamples of the tiles"),
+        Field("seed", "int", "seed of numpy's default_rng that drew them"),
+        Field("level", "float", "coverage of each interval, e.g. 0.95"),
+        Field("unit", "str", "what a resample draws", choices=("tile",)),
+        Field("interval", "str", "how the bounds are read off the resamples",
+              choices=("percentile",)),
+    ), since=2),
     Field("params_m", "float", "parameters (every tensor a checkpoint saves)", unit="millions"),
     Field("gflops", "float", "one forward pass at 1x3x`flops_size`x`flops_size`; MMSeg's "
        "counters report multiply-adds (halve to compare)",
@@ -188,6 +213,8 @@ _KIND_CHECKS: dict[str, Callable[[Any], bool]] = {
     "time": lambda v: isinstance(v, str),
     "list[str]": lambda v: isinstance(v, list | tuple) and all(isinstance(s, str) for s in v),
     "object": lambda v: isinstance(v, dict),
+    "interval": lambda v: isinstance(v, list | tuple) and len(v) == 2
+    and all(_is_number(x) and 0.0 <= x <= 1.0 for x in v) and v[0] <= v[1],
 }
 
 
@@ -264,10 +291,13 @@ def validate_record(record: Any) -> list[str]:
     if not isinstance(record, dict):
         return [f"a record must be a JSON object, got {type(record).__name__}"]
     schema = record.get("schema")
-    if isinstance(schema, int) and not isinstance(schema, bool) and schema != RECORD_SCHEMA:
-        return [f"schema is {schema}, this version reads schema {RECORD_SCHEMA}"]
+    if not isinstance(schema, int) or isinstance(schema, bool):
+        return [f"schema is {schema!r}, expected a record format version 1..{RECORD_SCHEMA}"]
+    if not 1 <= schema <= RECORD_SCHEMA:
+        return [f"schema is {schema}, this version reads schemas 1..{RECORD_SCHEMA}: update the package"]
     fields = {k: v for k, v in record.items() if not str(k).startswith("_")}
-    return _key_problems(fields, FIELDS, "") + _value_problems(fields, FIELDS, "")
+    known = fields_of(schema)
+    return _key_problems(fields, known, "") + _value_problems(fields, known, "")
 
 
 def check_record_keys(record: Record) -> Record:
@@ -299,7 +329,11 @@ def record_created(record: Mapping[str, Any]) -> datetime:
 
 
 #: How a kind reads in the docs, where its name alone would not say it.
-_KIND_TEXT = {"fraction": "float in [0, 1]", "time": "str, ISO 8601"}
+_KIND_TEXT = {
+    "fraction": "float in [0, 1]",
+    "interval": "[low, high], floats in [0, 1]",
+    "time": "str, ISO 8601",
+}
 
 
 def _type_text(f: Field) -> str:
@@ -318,7 +352,8 @@ def _type_text(f: Field) -> str:
 def _rows(fields: Sequence[Field], prefix: str = "") -> list[str]:
     rows = []
     for f in fields:
-        cells = [f"`{prefix}{f.name}`", _type_text(f), f.unit, f.meaning]
+        meaning = f.meaning + (f" (since schema {f.since})" if f.since > 1 else "")
+        cells = [f"`{prefix}{f.name}`", _type_text(f), f.unit, meaning]
         rows.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
         rows += _rows(f.fields, f"{prefix}{f.name}.")
     return rows

@@ -16,6 +16,7 @@ from loveda_utils.results.schema import (
     CONTRACTS_END,
     CONTRACTS_START,
     FIELDS,
+    RECORD_SCHEMA,
     check_record_keys,
     contracts_table,
     record_created,
@@ -70,16 +71,34 @@ def test_validate_record() -> None:
     assert validate_record(evaluated) == []
     assert validate_record([1]) == ["a record must be a JSON object, got list"]
     assert any("lr_schd" in p for p in validate_record(make_record(lr_schd=True)))  # bool != int
-    # Another schema version is reported as such, not as a list of field problems.
-    assert validate_record(make_record(schema=2)) == ["schema is 2, this version reads schema 1"]
+    # A newer schema version is reported as such, not as a list of field problems.
+    assert validate_record(make_record(schema=RECORD_SCHEMA + 1)) == [
+        f"schema is {RECORD_SCHEMA + 1}, this version reads schemas 1..{RECORD_SCHEMA}: update the package"
+    ]
+
+
+def test_records_of_an_older_schema_stay_valid_without_newer_fields() -> None:
+    """A schema-1 record (written before the bootstrap intervals existed) is read as it is,
+    while a current record without them is refused."""
+    added = [f.name for f in schema.FIELDS if f.since > 1]
+    assert added  # the intervals of schema 2
+    old = make_record(schema=1)
+    for name in added:
+        del old[name]
+    assert validate_record(old) == []
+    current = make_record()
+    del current[added[0]]
+    assert validate_record(current) == [f"missing field {added[0]!r}"]
+    # ...and an old record may not carry a field its version did not have.
+    assert any(added[0] in p for p in validate_record({**old, added[0]: None}))
 
 
 def test_validate_record_refuses_unknown_and_missing_keys() -> None:
-    record = make_record(miou_ci=[0.4, 0.5])
+    record = make_record(miou_std=[0.4, 0.5])
     record["dataset"]["tiles"] = 3
     del record["dataset"]["n_images"]
     problems = "\n".join(validate_record(record))
-    assert "unknown field(s) ['miou_ci']" in problems and "FIELDS" in problems
+    assert "unknown field(s) ['miou_std']" in problems and "FIELDS" in problems
     assert "'dataset.tiles'" in problems and "missing field 'dataset.n_images'" in problems
     per_class = make_record()
     per_class["per_class_iou"]["cloud"] = 0.1
@@ -95,8 +114,8 @@ def test_check_record_keys() -> None:
     assert check_record_keys(record) is record
     with pytest.raises(RecordError, match="missing field 'final_loss'"):
         check_record_keys({k: v for k, v in make_record().items() if k != "final_loss"})
-    with pytest.raises(RecordError, match=r"unknown field\(s\) \['miou_ci'\]"):
-        check_record_keys(make_record(miou_ci=None))
+    with pytest.raises(RecordError, match=r"unknown field\(s\) \['miou_std'\]"):
+        check_record_keys(make_record(miou_std=None))
     with pytest.raises(RecordError, match="_run_dir"):  # the reader's key is not written
         check_record_keys({**make_record(), "_run_dir": "runs/x"})
     # Types are the validator's business: the builder check only guards the key set.
