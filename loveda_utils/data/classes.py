@@ -9,6 +9,8 @@ loss and metric ignores. Beware: torchgeo's ``LoveDA.classes`` lists ``no-data``
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 
@@ -65,7 +67,7 @@ def normalize_split(split: str) -> str:
     raise ValueError(f"split={split!r} is not one of {', '.join(SPLITS)} (case-insensitive)")
 
 
-def normalize_scenes(scenes: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
+def normalize_scenes(scenes: str | Sequence[str]) -> tuple[str, ...]:
     """Return archive scene names for ``"urban"``, ``"rural"``, ``"both"`` or a list of them."""
     if isinstance(scenes, str):
         scenes = list(SCENES) if scenes.lower() in ("both", "all") else [scenes]
@@ -108,10 +110,10 @@ def train_to_raw(labels: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor
         raw = labels.to(torch.int16) + 1
         raw[labels == IGNORE_INDEX] = RAW_NODATA
         return raw.to(torch.uint8)
-    labels = np.asarray(labels)
-    raw = labels.astype(np.int16) + 1
-    raw[labels == IGNORE_INDEX] = RAW_NODATA
-    return raw.astype(np.uint8)
+    array = np.asarray(labels)
+    raw_array = array.astype(np.int16) + 1
+    raw_array[array == IGNORE_INDEX] = RAW_NODATA
+    return raw_array.astype(np.uint8)
 
 
 def colorize(labels: np.ndarray | torch.Tensor) -> np.ndarray:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -88,7 +89,7 @@ class LoveDASegmentation(LoveDA):
         super().__init__(
             root=str(root),
             split=self.split_dir.lower(),  # type: ignore[arg-type]
-            scene=[s.lower() for s in self.scene_dirs],  # type: ignore[list-item]
+            scene=[s.lower() for s in self.scene_dirs],  # type: ignore[misc]
             transforms=None,
             download=False,
             checksum=False,
@@ -119,7 +120,7 @@ class LoveDASegmentation(LoveDA):
             sample = self.sample_transforms(sample)
         return sample
 
-    def _load_image(self, path: str | Path) -> torch.Tensor:
+    def _load_image(self, path: str | os.PathLike[str]) -> torch.Tensor:
         """An RGB PNG as uint8 ``[3, H, W]`` (torchgeo's loader returns float; we keep bytes).
 
         The tensor is a view of the decoded ``[H, W, 3]`` array, i.e. stored channels-last:
@@ -129,7 +130,7 @@ class LoveDASegmentation(LoveDA):
         """
         return torch.from_numpy(read_png(path, "image")).permute(2, 0, 1)
 
-    def _load_target(self, path: str | Path) -> torch.Tensor:
+    def _load_target(self, path: str | os.PathLike[str]) -> torch.Tensor:
         """A raw mask as training labels uint8 ``[H, W]`` (0..6, 255 for no-data)."""
         return torch.from_numpy(raw_to_train(read_png(path, "mask")))
 

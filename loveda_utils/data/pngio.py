@@ -11,6 +11,7 @@ other PNG (palette, 16-bit, alpha, transparency) goes through Pillow exactly as 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -59,7 +60,7 @@ def _fast(data: bytes, kind: Kind) -> np.ndarray | None:
     return array
 
 
-def read_png_pillow(path: str | Path, kind: Kind = "any") -> np.ndarray:
+def read_png_pillow(path: str | os.PathLike[str], kind: Kind = "any") -> np.ndarray:
     """The same array as :func:`read_png`, decoded by Pillow (the reader before this module)."""
     with Image.open(path) as img:
         if kind == "image" and img.mode != "RGB":
@@ -67,7 +68,7 @@ def read_png_pillow(path: str | Path, kind: Kind = "any") -> np.ndarray:
         return np.array(img)  # a copy: torch needs a writable buffer
 
 
-def read_png(path: str | Path, kind: Kind = "any") -> np.ndarray:
+def read_png(path: str | os.PathLike[str], kind: Kind = "any") -> np.ndarray:
     """Decode a PNG to a writable uint8 array: ``[H, W, 3]`` for RGB, ``[H, W]`` for masks.
 
     Args:

@@ -436,8 +436,8 @@ class _Scene:
         centre = rng.uniform(0.05, 0.15) * self.size * np.sin(2 * np.pi * u / wavelength + phase)
         centre += rng.uniform(0.0, 0.05) * self.size * np.sin(6 * np.pi * u / wavelength + phase)
         half = self.px(rng.uniform(*width), 2.0) / 2
-        half = half * (0.8 + 0.4 * _value_noise(rng, self.size, self.size / 3))
-        return np.abs(v - centre) < half
+        half_width = half * (0.8 + 0.4 * _value_noise(rng, self.size, self.size / 3))
+        return np.abs(v - centre) < half_width
 
     def road_polyline(self, width: float) -> np.ndarray:
         """A road crossing the tile as a gently bending polyline (boolean)."""
@@ -663,7 +663,7 @@ class _Scene:
         # Per-tile brightness and colour cast, plus haze, like different acquisitions.
         gain = rng.uniform(0.8, 1.2)
         cast = rng.normal(0, 8, 3).astype(np.float32)
-        image = image * gain + cast + broad[..., None] * 36
-        out = np.clip(np.rint(image), 0, 255).astype(np.uint8)
+        shaded = image * gain + cast + broad[..., None] * 36
+        out = np.clip(np.rint(shaded), 0, 255).astype(np.uint8)
         out[mask == RAW_NODATA] = 0  # no-data is exactly black, like the archive
         return out

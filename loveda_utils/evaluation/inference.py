@@ -449,7 +449,9 @@ def evaluate(
                     "save_predictions_dir needs 'split', 'scene' and 'name' in every batch "
                     "(see docs/CONTRACTS.md); this batch has keys " + ", ".join(sorted(batch))
                 )
-            raw = train_to_raw(labels.to(torch.uint8)).cpu().numpy()
+            raw = train_to_raw(labels.to(torch.uint8).cpu())
+            assert isinstance(raw, torch.Tensor)  # a tensor in, a tensor out
+            raw = raw.numpy()
             for array, split, scene, name in zip(raw, splits, scenes, names, strict=True):
                 _save_png(array, prediction_path(save_dir, split, scene, name))
         return 0 if mask is None else take

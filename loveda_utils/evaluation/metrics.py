@@ -464,11 +464,11 @@ def torchmetrics_scores(
         MulticlassJaccardIndex,
     )
 
-    kwargs = {"num_classes": num_classes, "ignore_index": ignore_index}
+    n, ignore = num_classes, ignore_index
     preds, targets = preds.long(), targets.long()
     metrics = {
-        "iou": MulticlassJaccardIndex(average="none", **kwargs),
-        "f1": MulticlassF1Score(average="none", **kwargs),
-        "accuracy": MulticlassAccuracy(average="micro", **kwargs),
+        "iou": MulticlassJaccardIndex(num_classes=n, ignore_index=ignore, average="none"),
+        "f1": MulticlassF1Score(num_classes=n, ignore_index=ignore, average="none"),
+        "accuracy": MulticlassAccuracy(num_classes=n, ignore_index=ignore, average="micro"),
     }
     return {name: m.to(preds.device)(preds, targets) for name, m in metrics.items()}
