@@ -10,7 +10,7 @@ than written out again.
 
 This module is plain data: importing it does not import torch (the command line and the
 suite plan runs from it). Building lives in :mod:`loveda_utils.models.wrapper`, weights in
-:mod:`loveda_utils.models.weights`. Two families live in the registry:
+:mod:`loveda_utils.models.weights`. Three families live in the registry:
 
 * ``torchvision``: the six torchvision segmentation models (FCN, DeepLabV3, LR-ASPP).
   FCN/DeepLabV3 keep their auxiliary FCN head for training.
@@ -18,6 +18,10 @@ suite plan runs from it). Building lives in :mod:`loveda_utils.models.wrapper`, 
   DeepLabV3+, UPerNet, SegFormer), some with Earth-observation ResNet encoders from
   torchgeo 0.10's RGB weights (SSL4EO-S12 MoCo, SeCo, fMoW GASSL, SatlasPretrain) as their
   default weights.
+* ``torchgeo``: Earth-observation foundation transformers (Swin V2 SatlasPretrain,
+  Scale-MAE ViT-L/16, DOFA ViT-B/16) built by torchgeo's model builders under smp's UPerNet
+  decoder (:mod:`loveda_utils.models.foundation`, which documents their input sizes and
+  layer-wise lr decay). Their default weights are torchgeo's; they have no ImageNet ones.
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ __all__ = [
 ]
 
 #: How a network is built; each family has its builder in ``wrapper.NET_FAMILIES``.
-Family = Literal["torchvision", "smp"]
+Family = Literal["torchvision", "smp", "torchgeo"]
 FAMILIES: tuple[str, ...] = get_args(Family)
 
 #: The tag vocabulary: what each tag written in an entry means. A profile of the benchmark
@@ -62,7 +66,8 @@ class ModelSpec:
         method: The table's Method column (MMSeg style), e.g. ``"DeepLabV3+"``.
         backbone: The table's Backbone column (MMSeg style), e.g. ``"R-50"`` or
             ``"R-50 (SSL4EO-S12 MoCo)"``.
-        family: How the network is built: ``"torchvision"`` or ``"smp"`` (:data:`FAMILIES`).
+        family: How the network is built: ``"torchvision"``, ``"smp"`` or ``"torchgeo"``
+            (:data:`FAMILIES`).
         arch: torchvision builder name (``"deeplabv3_resnet50"``) or smp architecture
             (``"DeepLabV3Plus"``).
         encoder: The backbone network: torchvision model name (``"resnet50"``,
@@ -128,6 +133,16 @@ def _smp(
     return ModelSpec(
         name, method, backbone, "smp", arch, encoder, pretrained, tuple(arch_kwargs.items()),
         notes, frozenset(tags.split()),
+    )  # fmt: skip
+
+
+def _tg(
+    name: str, method: str, backbone: str, encoder: str, weights: str, notes: str, tags: str
+) -> ModelSpec:
+    """A ``torchgeo`` entry: ``encoder`` is the weights' ``meta["model"]``, UPerNet head."""
+    return ModelSpec(
+        name, method, backbone, "torchgeo", "UPerNet", encoder, weights, notes=notes,
+        tags=frozenset(tags.split()),
     )  # fmt: skip
 
 
@@ -197,6 +212,27 @@ MODELS: dict[str, ModelSpec] = {spec.name: spec for spec in (
     _smp("upernet_resnet50_satlas", "UPerNet", "R-50 (SatlasPretrain)", "UPerNet", "resnet50",
          "SatlasPretrain Sentinel-2 RGB, single image", "ResNet50_Weights.SENTINEL2_SI_RGB_SATLAS",
          tags="eo mmseg"),
+    # Earth-observation foundation transformers (torchgeo builders + smp UPerNet decoder).
+    _tg("upernet_swin_v2_b_satlas_naip", "UPerNet", "Swin-V2-B (SatlasPretrain aerial)",
+        "swin_v2_b", "Swin_V2_B_Weights.NAIP_RGB_SI_SATLAS",
+        "SatlasPretrain NAIP aerial RGB, single image; 4 stages to UPerNet", tags="eo mmseg"),
+    _tg("upernet_swin_v2_b_satlas_naip_mi", "UPerNet", "Swin-V2-B (SatlasPretrain aerial MI)",
+        "swin_v2_b", "Swin_V2_B_Weights.NAIP_RGB_MI_SATLAS",
+        "SatlasPretrain NAIP aerial RGB, multi-image backbone used per image; UPerNet",
+        tags="eo mmseg"),
+    _tg("upernet_swin_v2_b_satlas_s2", "UPerNet", "Swin-V2-B (SatlasPretrain S2)",
+        "swin_v2_b", "Swin_V2_B_Weights.SENTINEL2_SI_RGB_SATLAS",
+        "SatlasPretrain Sentinel-2 RGB, single image; 4 stages to UPerNet", tags="eo mmseg"),
+    _tg("upernet_swin_v2_t_satlas_s2", "UPerNet", "Swin-V2-T (SatlasPretrain S2)",
+        "swin_v2_t", "Swin_V2_T_Weights.SENTINEL2_SI_RGB_SATLAS",
+        "SatlasPretrain Sentinel-2 RGB, single image; 4 stages to UPerNet", tags="eo mmseg"),
+    _tg("upernet_vit_l16_scalemae", "UPerNet", "ViT-L/16 (Scale-MAE fMoW)",
+        "vit_large_patch16", "ScaleMAELarge16_Weights.FMOW_RGB",
+        "Scale-MAE fMoW RGB; blocks 7/11/15/23, Feature2Pyramid neck, UPerNet", tags="eo mmseg"),
+    _tg("upernet_vit_b16_dofa", "UPerNet", "ViT-B/16 (DOFA)",
+        "dofa_base_patch16_224", "DOFABase16_Weights.DOFA_MAE",
+        "DOFA MAE, LoveDA RGB as Sentinel-2 B4/B3/B2 wavelengths; blocks 3/5/7/11, "
+        "Feature2Pyramid neck, UPerNet", tags="eo mmseg"),
 )}
 # fmt: on
 

@@ -56,8 +56,24 @@ were read for each entry; the choice is keyed by the weights' ``meta["dataset"]`
   last two steps apply.
 * fMoW GASSL (``FMOW_RGB_GASSL``): ImageNet statistics; torchgeo's transform is / 255 then
   ImageNet mean/std on 8-bit fMoW RGB, exactly what LoveDA needs.
-* SatlasPretrain RGB (``SENTINEL2_SI_RGB_SATLAS``, ``SENTINEL2_MI_RGB_SATLAS``):
-  ``mean = 0``, ``std = 255``; the Satlas RGB models take 8-bit Sentinel-2 TCI images / 255.
+* SatlasPretrain RGB (ResNet and Swin V2 ``SENTINEL2_SI_RGB_SATLAS``,
+  ``SENTINEL2_MI_RGB_SATLAS``, Swin-V2-B ``NAIP_RGB_SI_SATLAS``, ``NAIP_RGB_MI_SATLAS``):
+  ``mean = 0``, ``std = 255``. torchgeo's transform is ``Normalize(0, 255)`` (after a 256 px
+  centre crop we do not apply); the Satlas RGB models take 8-bit Sentinel-2 TCI or 8-bit
+  aerial (NAIP, about 1 m) RGB / 255, and LoveDA is 8-bit RGB.
+* Scale-MAE (``ScaleMAELarge16_Weights.FMOW_RGB``, dataset ``fMoW``): ImageNet statistics;
+  torchgeo's transform is / 255 then ImageNet mean/std on 8-bit fMoW RGB (224 px images,
+  meta ``img_size`` 224).
+* DOFA (``DOFABase16_Weights.DOFA_MAE``): ImageNet statistics, with LoveDA's R, G, B given
+  to DOFA as the wavelengths
+  :data:`~loveda_utils.models.foundation.DOFA_RGB_WAVELENGTHS_UM` (0.665, 0.56, 0.49 um,
+  Sentinel-2 B04/B03/B02). torchgeo leaves the normalisation out ("sensor-dependent": its
+  transform is only a 224 px centre crop, and its meta lists neither bands nor channels, as
+  DOFA takes any bands with their wavelengths); DOFA's own README normalises 8-bit RGB
+  (NAIP) with ImageNet mean/std on 0..255 and gives it these wavelengths. The record's
+  normalisation text names the wavelengths.
+* A backbone file given by path for a ``torchgeo`` entry is in the layout of the entry's
+  own weights, so it gets their normalisation (and says so).
 * A full ``SegmentationModel`` state dict given by path brings its own ``mean`` and ``std``
   buffers, so a trained model is evaluated with the normalisation it was trained with (files
   without them get the entry's default normalisation, and say so).
@@ -83,6 +99,7 @@ from torch import Tensor
 from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from ..errors import WeightsError
 from .caches import WeightFile, hf_weight_file, require_weight_file, torch_hub_weight_file
+from .foundation import DOFA_RGB_WAVELENGTHS_UM, backbone_state_dict
 from .registry import get_spec
 from .state_dict import (
     BACKBONE_PREFIXES,
@@ -150,7 +167,20 @@ _EO_NORMALIZATION: dict[str, Normalization] = {
         IMAGENET_NORMALIZATION.std,
         "ImageNet mean/std on 0..255 (GASSL: /255, ImageNet)",
     ),
-    "SatlasPretrain": Normalization(*_DIV255, "x/255: Satlas RGB models take 8-bit TCI / 255"),
+    "SatlasPretrain": Normalization(
+        *_DIV255, "x/255: Satlas RGB models take 8-bit Sentinel-2 TCI or aerial RGB / 255"
+    ),
+    "fMoW": Normalization(
+        IMAGENET_NORMALIZATION.mean,
+        IMAGENET_NORMALIZATION.std,
+        "ImageNet mean/std on 0..255 (Scale-MAE: /255, ImageNet)",
+    ),
+    "SatlasPretrain, Five-Billion-Pixels, HySpecNet-11k": Normalization(
+        IMAGENET_NORMALIZATION.mean,
+        IMAGENET_NORMALIZATION.std,
+        "ImageNet mean/std on 0..255 (DOFA's RGB normalisation); DOFA wavelengths "
+        f"R, G, B = {', '.join(f'{w:g}' for w in DOFA_RGB_WAVELENGTHS_UM)} um",
+    ),
 }
 
 
@@ -322,7 +352,17 @@ IMAGENET_FILES: dict[str, Callable[[ModelSpec], WeightFile]] = {
 _TORCHGEO_ENUMS = {
     "resnet18": "ResNet18_Weights",
     "resnet50": "ResNet50_Weights",
+    "swin_v2_t": "Swin_V2_T_Weights",
+    "swin_v2_b": "Swin_V2_B_Weights",
+    "vit_large_patch16": "ScaleMAELarge16_Weights",
+    "dofa_base_patch16_224": "DOFABase16_Weights",
 }
+
+
+def _takes_rgb(weights: WeightsEnum) -> bool:
+    """RGB weights, or spectrally flexible ones (DOFA: no ``in_chans``, any bands)."""
+    meta = weights.meta
+    return meta.get("in_chans") == 3 or ("in_chans" not in meta and "bands" not in meta)
 
 
 def _resolve_torchgeo_weights(spec: ModelSpec, name: str) -> WeightsEnum:
@@ -360,7 +400,7 @@ def _resolve_torchgeo_weights(spec: ModelSpec, name: str) -> WeightsEnum:
             f"{_rgb_choices(own_enum) or 'torchgeo has none'}."
         )
     in_chans = weights.meta.get("in_chans")
-    if in_chans != 3:
+    if not _takes_rgb(weights):
         raise WeightsError(
             f"torchgeo weights {full} take {in_chans} input channels "
             f"({', '.join(weights.meta.get('bands', ())) or 'non-RGB bands'}), but model "
@@ -383,16 +423,20 @@ def _rgb_choices(enum_name: str | None) -> str:
     import torchgeo.models
 
     enum = getattr(torchgeo.models, enum_name)
-    return ", ".join(f"{enum_name}.{w.name}" for w in enum if w.meta.get("in_chans") == 3)
+    return ", ".join(f"{enum_name}.{w.name}" for w in enum if _takes_rgb(w))
 
 
 def _load_torchgeo(model: SegmentationModel, weights: WeightsEnum) -> None:
     full = repr(weights)
     # Never weights.get_state_dict(): it would download when the file is absent.
     path = require_weight_file(_torchgeo_file(model.spec, weights))
-    # torchgeo's ResNets are timm ResNets with torchvision's key names (conv1, bn1,
-    # layer{1-4}...); only the classifier "fc" has no counterpart in a segmentation encoder.
-    state = {k: v for k, v in read_state_dict(path).items() if not k.startswith("fc.")}
+    state = read_state_dict(path)
+    if model.spec.family == "torchgeo":  # the transformer's file minus what it never uses
+        state = backbone_state_dict(model.backbone_module(), state)
+    else:
+        # torchgeo's ResNets are timm ResNets with torchvision's key names (conv1, bn1,
+        # layer{1-4}...); only the classifier "fc" has no counterpart in a segmentation encoder.
+        state = {k: v for k, v in state.items() if not k.startswith("fc.")}
     _load_backbone(model, state, f"{full} ({path})")
     model.set_normalization(*_EO_NORMALIZATION[weights.meta["dataset"]])
     model.pretrained = full
@@ -458,12 +502,7 @@ def _load_file(model: SegmentationModel, path: Path) -> None:
     # backbone file (even one whose keys start with "encoder.", like smp's).
     head = [k for k in core if not k.startswith(("net.encoder.", "net.backbone."))]
     if not any(k in full.matched or k in full.mismatched for k in head):
-        _load_backbone(model, state, f"file {path}", extra_prefixes=("features.",))
-        mean, std, text = IMAGENET_NORMALIZATION
-        model.set_normalization(
-            mean, std, f"{text} (backbone file {path.name}: ImageNet statistics assumed)"
-        )
-        model.pretrained = str(path)
+        _load_backbone_file(model, state, path)
         return
     missing = [k for k in full.missing if k in core]
     unexpected = [k for k in full.unexpected if ".aux_classifier." not in f".{k}"]
@@ -489,6 +528,22 @@ def _load_file(model: SegmentationModel, path: Path) -> None:
             default.std,
             f"{default.text} (not stored in {path.name}; the entry's default)",
         )
+    model.pretrained = str(path)
+
+
+def _load_backbone_file(model: SegmentationModel, state: dict[str, Tensor], path: Path) -> None:
+    """A backbone state dict given by path, with the normalisation it is assumed to need."""
+    if model.spec.family == "torchgeo":
+        # In the layout of the entry's torchgeo weights, so their normalisation applies.
+        state = backbone_state_dict(model.backbone_module(), state)
+        _load_backbone(model, state, f"file {path}")
+        mean, std, text = _default_norm(model.spec)
+        assumed = f"the normalisation of {model.spec.default_pretrained} assumed"
+    else:
+        _load_backbone(model, state, f"file {path}", extra_prefixes=("features.",))
+        mean, std, text = IMAGENET_NORMALIZATION
+        assumed = "ImageNet statistics assumed"
+    model.set_normalization(mean, std, f"{text} (backbone file {path.name}: {assumed})")
     model.pretrained = str(path)
 
 

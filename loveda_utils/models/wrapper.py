@@ -9,6 +9,8 @@ logits are computed is one :class:`NetFamily` in :data:`NET_FAMILIES`:
   never downloads; FCN/DeepLabV3 keep their auxiliary FCN head for training
   (``forward_train``), and the inference path (``forward``) never runs it.
 * ``smp``: built with ``encoder_weights=None``.
+* ``torchgeo``: :class:`~loveda_utils.models.foundation.FoundationUPerNet`, a torchgeo
+  transformer backbone built with ``weights=None`` under smp's UPerNet decoder.
 
 Pretrained weights are loaded afterwards by :func:`loveda_utils.models.weights.load_pretrained`.
 """
@@ -90,10 +92,17 @@ def _build_smp(spec: ModelSpec, num_classes: int, aux_loss: bool) -> nn.Module:
     )
 
 
+def _build_torchgeo(spec: ModelSpec, num_classes: int, aux_loss: bool) -> nn.Module:
+    from .foundation import build_foundation_net
+
+    return build_foundation_net(spec.encoder, num_classes, **dict(spec.arch_kwargs))
+
+
 #: One entry per ``ModelSpec.family``; a new family adds its builder here.
 NET_FAMILIES: dict[str, NetFamily] = {
     "torchvision": NetFamily(_build_torchvision, attrgetter("backbone"), _torchvision_logits),
     "smp": NetFamily(_build_smp, attrgetter("encoder"), lambda net, x, _: (net(x), None)),
+    "torchgeo": NetFamily(_build_torchgeo, attrgetter("encoder"), lambda net, x, _: (net(x), None)),
 }
 
 
