@@ -153,7 +153,6 @@ class ViTEncoder(nn.Module):
     """
 
     output_stride = _INPUT_DIVISOR
-    patch_size = 16
     unused_weights: tuple[str, ...] = ()
     blocks: nn.ModuleList
     cls_token: nn.Parameter
@@ -208,18 +207,30 @@ def gsd_sincos_pos_embed(embed_dim: int, height: int, width: int, res: float) ->
 
 
 class ScaleMAEEncoder(ViTEncoder):
-    """Scale-MAE ViT-L/16 (torchgeo ``scalemae_large_patch16``) with GSD positions."""
+    """Scale-MAE ViT-L/16 (torchgeo ``scalemae_large_patch16``) with GSD positions.
+
+    ``vit``: wrap this torchgeo ``ScaleMAE`` (its modules, not a copy) instead of
+    building ViT-L/16; ``drop_path`` then applies to its blocks.
+    """
 
     unused_weights = ("pos_embed", "norm", "fc_norm", "head", "mask_token")
 
-    def __init__(self, out_indices: Sequence[int], drop_path: float, res: float = 1.0) -> None:
+    def __init__(
+        self,
+        out_indices: Sequence[int],
+        drop_path: float,
+        res: float = 1.0,
+        vit: nn.Module | None = None,
+    ) -> None:
         from torchgeo.models import scalemae_large_patch16
 
-        vit = scalemae_large_patch16(weights=None, drop_path_rate=drop_path)
+        if vit is None:
+            vit = scalemae_large_patch16(weights=None)
         super().__init__(int(vit.embed_dim), out_indices)
         self.patch_embed = vit.patch_embed
         self.cls_token = vit.cls_token
         self.blocks = vit.blocks  # type: ignore[assignment]
+        _set_drop_path(self.blocks, drop_path)
         self.res = res
         self._pos_cache: dict[tuple[Any, ...], Tensor] = {}
 
@@ -237,7 +248,11 @@ class ScaleMAEEncoder(ViTEncoder):
 
 
 class DOFAEncoder(ViTEncoder):
-    """DOFA ViT-B/16 (torchgeo ``dofa_base_patch16_224``) for fixed band wavelengths."""
+    """DOFA ViT-B/16 (torchgeo ``dofa_base_patch16_224``) for fixed band wavelengths.
+
+    ``dofa``: wrap this torchgeo ``DOFA`` (its modules, not a copy) instead of building
+    ViT-B/16.
+    """
 
     unused_weights = ("norm", "fc_norm", "head", "mask_token", "projector")
     wavelengths: Tensor
@@ -247,10 +262,12 @@ class DOFAEncoder(ViTEncoder):
         out_indices: Sequence[int],
         drop_path: float,
         wavelengths: Sequence[float] = DOFA_RGB_WAVELENGTHS_UM,
+        dofa: nn.Module | None = None,
     ) -> None:
         from torchgeo.models import dofa_base_patch16_224
 
-        dofa = dofa_base_patch16_224(weights=None)
+        if dofa is None:
+            dofa = dofa_base_patch16_224(weights=None)
         super().__init__(int(dofa.embed_dim), out_indices)
         self.patch_embed = dofa.patch_embed
         self.cls_token = dofa.cls_token
@@ -270,7 +287,7 @@ class DOFAEncoder(ViTEncoder):
                 f"DOFA got {x.shape[1]} bands but wavelengths for {self.wavelengths.numel()}"
             )
         tokens, _ = self.patch_embed(x, self.wavelengths.to(x.dtype))
-        k = self.patch_size  # torchgeo's DOFAEmbedding: kernel = stride = 16, padding 1
+        k = int(self.patch_embed.kernel_size)  # DOFAEmbedding: kernel = stride, padding 1
         h, w = ((side + 2 - k) // k + 1 for side in x.shape[-2:])
         pos = resample_abs_pos_embed(self.pos_embed, [h, w], num_prefix_tokens=1)
         cls = (self.cls_token + pos[:, :1]).expand(x.shape[0], -1, -1)
