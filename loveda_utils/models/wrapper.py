@@ -196,6 +196,29 @@ class SegmentationModel(nn.Module):
         """``(logits, aux_logits or None)``, both at the input resolution."""
         return self._logits(images, with_aux=True)
 
+    def param_groups(
+        self, base_lr: float, decay: float = 1.0, weight_decay: float = 0.0
+    ) -> list[dict[str, Any]]:
+        """Optimizer parameter groups, with layer-wise lr ``decay`` where the net has layers.
+
+        The ``torchgeo`` family's transformers define their layers
+        (:meth:`loveda_utils.models.foundation.FoundationUPerNet.param_groups`: MMSeg's
+        layer-decay rule, no weight decay on biases, norms and tokens); other networks give
+        one group of every trainable parameter and accept only ``decay=1``.
+        """
+        own = getattr(self.net, "param_groups", None)
+        if callable(own):
+            return own(base_lr, decay, weight_decay)
+        if decay != 1:
+            raise ConfigError(
+                f"layer-wise lr decay={decay!r} for model {self.spec.name!r}: its "
+                f"{self.spec.family} network has no layers to decay over; use decay=1 (only "
+                "the torchgeo-family transformers support it)"
+            )
+        params = [p for p in self.parameters() if p.requires_grad]
+        return [{"name": "all", "params": params, "lr": base_lr, "lr_scale": 1.0,
+                 "weight_decay": weight_decay}]  # fmt: skip
+
     def extra_repr(self) -> str:
         return f"name={self.spec.name!r}, pretrained={self.pretrained!r}"
 

@@ -8,25 +8,17 @@ compared with the saved ones. The network is blocked for the whole module.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import torch
-from models.test_registry import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    _no_network,
-    caches,
-    hub_file,
-    randomized,
-    timm_resnet_state,
-    uint8_batch,
-)
+from models.test_weights import hub_file, randomized, timm_resnet_state
 from torch import nn
 
 from loveda_utils.data.classes import NUM_CLASSES
-from loveda_utils.errors import WeightsError
+from loveda_utils.errors import ConfigError, WeightsError
+from loveda_utils.models import MODELS, build_model, get_spec
 from loveda_utils.models.foundation import (
     DOFA_RGB_WAVELENGTHS_UM,
     DOFAEncoder,
@@ -36,10 +28,10 @@ from loveda_utils.models.foundation import (
     gsd_sincos_pos_embed,
 )
 from loveda_utils.models.necks import Feature2Pyramid
-from loveda_utils.models.registry import MODELS, _resolve_torchgeo_weights, build_model, get_spec
+from loveda_utils.models.weights import weight_files
 
-#: The registry tests' fixtures, used here too: the network guard (autouse) and the caches.
-__all__ = ["_no_network", "caches"]
+Batch = Callable[..., torch.Tensor]
+Stats = tuple[torch.Tensor, torch.Tensor]
 
 #: Registry entry -> (torchgeo weights, torchgeo builder making a file in their layout).
 ENTRIES = {
@@ -66,12 +58,12 @@ def torchgeo_state(builder: str, seed: int = 0) -> dict[str, torch.Tensor]:
     return randomized(getattr(torchgeo.models, builder)(weights=None).state_dict(), seed)
 
 
-#: The tensors saved in each file of ``weight_files`` (kept to compare against).
+#: The tensors saved in each file of ``torchgeo_files`` (kept to compare against).
 _SAVED: dict[Path, dict[str, torch.Tensor]] = {}
 
 
 @pytest.fixture(scope="module")
-def weight_files(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Path]]:
+def torchgeo_files(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Path]]:
     """One saved torchgeo-layout file per builder, made on first use (ViT-L's is 1.2 GB)."""
     folder = tmp_path_factory.mktemp("torchgeo_files")
 
@@ -124,18 +116,24 @@ def small_nets() -> dict[str, FoundationUPerNet]:
 # --------------------------------------------------------------------------- registry
 
 
-def test_entries_are_registered_with_their_torchgeo_weights() -> None:
+def test_entries_are_registered_with_their_torchgeo_weights(caches: dict[str, Path]) -> None:
     from torchgeo.models import get_weight
 
     foundation = {name for name, spec in MODELS.items() if spec.family == "torchgeo"}
     assert foundation == set(ENTRIES)
-    urls = set()
+    paths = set()
     for name, (weights, _) in ENTRIES.items():
         spec = get_spec(name)
         assert spec.default_pretrained == weights and spec.method == "UPerNet"
+        assert spec.tags == {"eo", "mmseg"}
         assert get_weight(weights).meta["model"] == spec.encoder
-        urls.add(_resolve_torchgeo_weights(spec, spec.default_pretrained).url)
-    assert len(urls) == len(ENTRIES)  # each entry needs its own file
+        # What fetch-weights downloads for the entry: torchgeo's file, in the torch hub cache.
+        [file] = weight_files(name)
+        assert file.url == get_weight(weights).url and file.weights == weights
+        assert file.path == caches["checkpoints"] / file.url.rsplit("/", 1)[-1]
+        paths.add(file.path)
+    assert len(paths) == len(ENTRIES)  # each entry needs its own file
+    assert weight_files("upernet_vit_b16_dofa", "none") == []
 
 
 # --------------------------------------------------------------------------- forward contract
@@ -172,20 +170,24 @@ def test_pyramid_levels_are_1_4_to_1_32(small_nets: dict[str, FoundationUPerNet]
     ],
 )  # one per builder; every entry's own file name is checked offline below
 def test_default_weights_from_the_hub_cache_load_and_run(
-    caches: dict[str, Path], weight_files: dict[str, Path], name: str
+    caches: dict[str, Path],
+    torchgeo_files: dict[str, Path],
+    uint8_batch: Batch,
+    imagenet_0_255: Stats,
+    name: str,
 ) -> None:
     from torchgeo.models import get_weight
 
     weights, builder = ENTRIES[name]
-    in_hub_cache(caches, get_weight(weights).url, weight_files[builder])
+    in_hub_cache(caches, get_weight(weights).url, torchgeo_files[builder])
     model = build_model(name, pretrained="default").eval()
-    assert_encoder_loaded(model, saved_tensors(weight_files[builder]), builder)
+    assert_encoder_loaded(model, saved_tensors(torchgeo_files[builder]), builder)
     assert model.pretrained == weights
     if "SATLAS" in weights:
         assert div255(model) and "x/255" in model.normalization
     else:
-        torch.testing.assert_close(model.mean.flatten(), IMAGENET_MEAN)
-        torch.testing.assert_close(model.std.flatten(), IMAGENET_STD)
+        torch.testing.assert_close(model.mean.flatten(), imagenet_0_255[0])
+        torch.testing.assert_close(model.std.flatten(), imagenet_0_255[1])
     with torch.inference_mode():
         logits = model(uint8_batch(64, 64))
         odd, aux = model.forward_train(uint8_batch(72, 40))  # padded to 96 x 64, cropped
@@ -194,15 +196,15 @@ def test_default_weights_from_the_hub_cache_load_and_run(
 
 
 def test_short_weights_name_resolves_against_the_backbone(
-    caches: dict[str, Path], weight_files: dict[str, Path]
+    caches: dict[str, Path], torchgeo_files: dict[str, Path]
 ) -> None:
     from torchgeo.models import Swin_V2_T_Weights
 
     url = Swin_V2_T_Weights.SENTINEL2_MI_RGB_SATLAS.url
-    in_hub_cache(caches, url, weight_files["swin_v2_t"])
+    in_hub_cache(caches, url, torchgeo_files["swin_v2_t"])
     model = build_model("upernet_swin_v2_t_satlas_s2", pretrained="SENTINEL2_MI_RGB_SATLAS")
     assert model.pretrained == "Swin_V2_T_Weights.SENTINEL2_MI_RGB_SATLAS"
-    assert_encoder_loaded(model, saved_tensors(weight_files["swin_v2_t"]), "swin_v2_t")
+    assert_encoder_loaded(model, saved_tensors(torchgeo_files["swin_v2_t"]), "swin_v2_t")
 
 
 @pytest.mark.parametrize("name", ["upernet_swin_v2_t_satlas_s2", "upernet_vit_b16_dofa"])
@@ -230,13 +232,13 @@ def test_full_model_state_dict_round_trips(tmp_path: Path) -> None:
 
 
 def test_a_swin_t_file_for_swin_b_weights_is_refused_by_name(
-    caches: dict[str, Path], weight_files: dict[str, Path]
+    caches: dict[str, Path], torchgeo_files: dict[str, Path]
 ) -> None:
     """Same keys as Swin-V2-B, other widths and depth: refused, naming file and model."""
     from torchgeo.models import Swin_V2_B_Weights
 
     url = Swin_V2_B_Weights.NAIP_RGB_SI_SATLAS.url
-    in_hub_cache(caches, url, weight_files["swin_v2_t"])
+    in_hub_cache(caches, url, torchgeo_files["swin_v2_t"])
     with pytest.raises(WeightsError) as info:
         build_model("upernet_swin_v2_b_satlas_naip", pretrained="default")
     message = str(info.value)
@@ -253,13 +255,13 @@ def test_a_swin_t_file_for_swin_b_weights_is_refused_by_name(
     ],
 )
 def test_a_file_for_another_backbone_is_refused_by_name(
-    tmp_path: Path, weight_files: dict[str, Path], name: str, builder: str
+    tmp_path: Path, torchgeo_files: dict[str, Path], name: str, builder: str
 ) -> None:
     if builder == "resnet50":
         path = tmp_path / "resnet50.pth"
         torch.save(timm_resnet_state("resnet50"), path)
     else:
-        path = weight_files[builder]
+        path = torchgeo_files[builder]
     with pytest.raises(WeightsError) as info:
         build_model(name, pretrained=path)
     message = str(info.value)
@@ -292,12 +294,13 @@ def test_missing_weights_offline_name_the_file_url_and_folder(
     message = str(info.value)
     assert url in message and url.rsplit("/", 1)[-1] in message
     assert str(caches["checkpoints"]) in message
+    assert f"python -m loveda_utils fetch-weights --models {name}`" in message
 
 
 @pytest.mark.parametrize(
     ("name", "pretrained", "expected"),
     [
-        ("upernet_vit_b16_dofa", "imagenet", ["no ImageNet weights", "DOFABase16_Weights"]),
+        ("upernet_vit_b16_dofa", "imagenet", ["'torchgeo' has no ImageNet weights", "'default'"]),
         ("upernet_swin_v2_t_satlas_s2", "Swin_V2_B_Weights.NAIP_RGB_SI_SATLAS", ["swin_v2_t"]),
         ("upernet_swin_v2_t_satlas_s2", "SENTINEL2_SI_MS_SATLAS", ["9 input channels"]),
     ],
@@ -312,11 +315,11 @@ def test_weights_that_cannot_apply_are_refused(
 
 
 def test_dofa_normalisation_records_the_wavelengths(
-    caches: dict[str, Path], weight_files: dict[str, Path]
+    caches: dict[str, Path], torchgeo_files: dict[str, Path]
 ) -> None:
     from torchgeo.models import DOFABase16_Weights
 
-    in_hub_cache(caches, DOFABase16_Weights.DOFA_MAE.url, weight_files["dofa_base_patch16_224"])
+    in_hub_cache(caches, DOFABase16_Weights.DOFA_MAE.url, torchgeo_files["dofa_base_patch16_224"])
     model = build_model("upernet_vit_b16_dofa", pretrained="default")
     assert "R, G, B = 0.665, 0.56, 0.49 um" in model.normalization
     torch.testing.assert_close(model.net.encoder.wavelengths, torch.tensor(DOFA_RGB_WAVELENGTHS_UM))
@@ -370,8 +373,6 @@ def test_dofa_encoder_matches_torchgeo_dofa() -> None:
     assert wide.shape == (1, 32, 4, 6)
     with pytest.raises(ValueError, match="4 bands"):
         encoder(torch.randn(1, 4, 64, 64))
-    notes = get_spec("upernet_vit_b16_dofa").notes
-    assert all(f"{w:g}" in notes for w in DOFA_RGB_WAVELENGTHS_UM)
 
 
 def test_swin_stochastic_depth_is_reset() -> None:
@@ -423,6 +424,18 @@ def test_layer_decay_parameter_groups_for_a_vit(small_nets: dict[str, Foundation
     assert enc.pos_embed.requires_grad is False and id(enc.pos_embed) not in scale
     with pytest.raises(ValueError, match="decay"):
         net.param_groups(1e-4, decay=0)
+
+
+def test_the_wrapper_hands_out_the_networks_groups() -> None:
+    model = build_model("upernet_vit_b16_dofa")
+    groups = model.param_groups(base_lr=1e-4, decay=0.65, weight_decay=0.05)
+    assert [g["name"] for g in groups] == [
+        g["name"] for g in model.net.param_groups(1e-4, 0.65, 0.05)
+    ]  # fmt: skip
+    [plain] = build_model("unet_resnet18").param_groups(base_lr=0.01)
+    assert plain["lr"] == 0.01 and plain["lr_scale"] == 1.0
+    with pytest.raises(ConfigError, match="'unet_resnet18'.*decay=1"):
+        build_model("unet_resnet18").param_groups(0.01, decay=0.65)
 
 
 def test_layer_decay_layer_ids_for_swin(small_nets: dict[str, FoundationUPerNet]) -> None:
