@@ -30,8 +30,8 @@ after normalisation and crops the logits back; 64, 512 and 1024 px need no paddi
   so any grid works: 32x32 tokens at 512 px, 64x64 at 1024 px. ``res`` is the GSD ratio
   Scale-MAE scales positions by; 1.0 (torchgeo's default and Scale-MAE's evaluation
   default) is kept.
-* DOFA ViT-B/16: the learned-then-frozen 14x14 (224 px) ``pos_embed`` of the weights is
-  resized bicubically to the token grid at every forward (timm's
+* DOFA ViT-B/16: the fixed (MAE sine-cosine, ``requires_grad=False``) 14x14 (224 px)
+  ``pos_embed`` of the weights is resized bicubically to the token grid at every forward (timm's
   ``resample_abs_pos_embed``, as MMSeg's ViT ``resize_pos_embed``): 32x32 at 512 px,
   64x64 at 1024 px. DOFA's patch embedding is a convolution generated from the bands'
   wavelengths (kernel 16, stride 16, padding 1, so H/16 tokens for H divisible by 16);
@@ -78,8 +78,9 @@ DOFA_RGB_WAVELENGTHS_UM: tuple[float, float, float] = (0.665, 0.56, 0.49)
 _INPUT_DIVISOR = 32
 
 #: Parameter-name fragments that get no weight decay (besides biases and 1-D tensors).
-_NO_WEIGHT_DECAY = ("cls_token", "pos_embed", "logit_scale", "cpb_mlp", "weight_tokens",
-                    "bias_token")  # fmt: skip
+_NO_WEIGHT_DECAY = (
+    "cls_token", "pos_embed", "logit_scale", "cpb_mlp", "weight_tokens", "bias_token",
+)  # fmt: skip
 
 
 def _set_drop_path(blocks: nn.ModuleList, rate: float) -> None:
@@ -224,12 +225,11 @@ class ScaleMAEEncoder(ViTEncoder):
     ) -> None:
         from torchgeo.models import scalemae_large_patch16
 
-        if vit is None:
-            vit = scalemae_large_patch16(weights=None)
-        super().__init__(int(vit.embed_dim), out_indices)
-        self.patch_embed = vit.patch_embed
-        self.cls_token = vit.cls_token
-        self.blocks = vit.blocks  # type: ignore[assignment]
+        source: Any = vit if vit is not None else scalemae_large_patch16(weights=None)
+        super().__init__(int(source.embed_dim), out_indices)
+        self.patch_embed = source.patch_embed
+        self.cls_token = source.cls_token
+        self.blocks = source.blocks
         _set_drop_path(self.blocks, drop_path)
         self.res = res
         self._pos_cache: dict[tuple[Any, ...], Tensor] = {}
@@ -266,13 +266,12 @@ class DOFAEncoder(ViTEncoder):
     ) -> None:
         from torchgeo.models import dofa_base_patch16_224
 
-        if dofa is None:
-            dofa = dofa_base_patch16_224(weights=None)
-        super().__init__(int(dofa.embed_dim), out_indices)
-        self.patch_embed = dofa.patch_embed
-        self.cls_token = dofa.cls_token
-        self.pos_embed = dofa.pos_embed  # fixed (requires_grad=False) 224 px embedding
-        self.blocks = dofa.blocks
+        source: Any = dofa if dofa is not None else dofa_base_patch16_224(weights=None)
+        super().__init__(int(source.embed_dim), out_indices)
+        self.patch_embed = source.patch_embed
+        self.cls_token = source.cls_token
+        self.pos_embed = source.pos_embed  # fixed (requires_grad=False) 224 px embedding
+        self.blocks = source.blocks
         _set_drop_path(self.blocks, drop_path)
         # Not persistent: the weight files have no such tensor; the value is a build choice.
         self.register_buffer(

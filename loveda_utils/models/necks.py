@@ -2,9 +2,9 @@
 
 A plain Vision Transformer keeps one token grid at 1/16 of the input through all its
 blocks, while UPerNet wants four maps at 1/4, 1/8, 1/16 and 1/32. MMSeg's MAE and BEiT
-configs bridge the two with ``Feature2Pyramid`` (``mmseg/models/necks/featurepyramid.py``,
-used by ``configs/_base_/models/upernet_mae.py`` with ``rescales=[4, 2, 1, 0.5]``): four
-intermediate block outputs are rescaled, one per scale, by
+configs bridge the two with MMSeg's ``Feature2Pyramid`` neck (its ``upernet_mae`` base
+model config, ``rescales=[4, 2, 1, 0.5]``): four intermediate block outputs are rescaled,
+one per scale, by
 
 * x4: transposed conv (2x2, stride 2), BatchNorm, GELU, transposed conv (2x2, stride 2);
 * x2: one transposed conv (2x2, stride 2);
