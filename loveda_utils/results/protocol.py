@@ -58,19 +58,23 @@ def _flops(record: Mapping[str, Any]) -> str:
 
 
 def _bootstrap(record: Mapping[str, Any]) -> str:
+    """How the record's interval was drawn, from its ``bootstrap`` settings."""
     settings = record.get("bootstrap") or {}
-    level = settings.get("level")
-    what = f"{100 * level:g}% " if level is not None else ""
-    kind = settings.get("interval", "percentile")
-    draws = settings.get("resamples")
-    seed = settings.get("seed")
-    how = ", ".join(
+    if not settings:
+        return "bootstrap over the evaluated tiles, settings not recorded"
+    level, kind = settings.get("level"), settings.get("interval")
+    draws, seed = settings.get("resamples"), settings.get("seed")
+    head = " ".join(
         part for part in (
-            f"{draws} resamples" if draws is not None else "",
-            f"seed {seed}" if seed is not None else "",
+            f"{100 * level:g}%" if level is not None else "", kind or "", "bootstrap over the "
+            "evaluated tiles",
         ) if part
     )  # fmt: skip
-    return f"{what}{kind} bootstrap over the evaluated tiles" + (f", {how}" if how else "")
+    tail = [
+        f"{draws} resamples" if draws is not None else "",
+        f"seed {seed}" if seed is not None else "",
+    ]
+    return ", ".join([head, *[t for t in tail if t]])
 
 
 def _scales() -> str:

@@ -131,7 +131,8 @@ def report_markdown(
     2. :data:`PUBLISHED_HEADING`: the published reference rows (``published``, default
        :func:`~loveda_utils.results.published.published_rows`), one table per split, each row
        with its source; always present.
-    3. :data:`PIPELINE_HEADING`: the synthetic mini-LoveDA rows, only when there are any.
+    3. :data:`PIPELINE_HEADING`: the synthetic mini-LoveDA rows (a line saying there are none
+       when so), kept out of the two parts above.
 
     Links are relative to ``link_base`` (else ``results_dir``, see
     :func:`~loveda_utils.results.table.build_table`).
@@ -147,12 +148,14 @@ def report_markdown(
         f"{heading} {PUBLISHED_HEADING}",
         published_markdown(rows, heading=heading + "#"),
     ]
+    parts.append(f"{heading} {PIPELINE_HEADING}")
     if synthetic:
         parts += [
-            f"{heading} {PIPELINE_HEADING}",
             _PIPELINE_INTRO,
             table_markdown(build_table(synthetic, results_dir, link_base=link_base)),
         ]
+    else:
+        parts.append("_No synthetic runs here._")
     return "\n\n".join(part.strip("\n") for part in parts) + "\n"
 
 

@@ -55,7 +55,9 @@ def _synthetic_rows() -> list[dict]:
     ]  # fmt: skip
 
 
-@pytest.mark.parametrize("low, high", [(11.2, 56.6), (6.0, 9.6), (4.3, 26.9), (0.3, 0.35), (95, 2500)])
+@pytest.mark.parametrize(
+    "low, high", [(11.2, 56.6), (6.0, 9.6), (4.3, 26.9), (0.3, 0.35), (95, 2500)]
+)
 def test_log_ticks_label_every_range(low: float, high: float) -> None:
     ticks = log_ticks(low, high)
     assert len(ticks) >= 2
@@ -124,14 +126,18 @@ def test_published_points_only_beside_rows_timed_like_them() -> None:
     # Published Val rows never sit beside our rows of another split, nor beside synthetic ones.
     train = make_record(fps=5.5, device=V100, dataset={**gpu[0]["dataset"], "split": "Train"})
     for ours in ([train], [make_record(fps=5.5, device=V100, synthetic=True)]):
-        legend = [t.get_text() for t in plot_miou_vs_fps(ours, published).axes[0].get_legend().get_texts()]
+        legend = [
+            t.get_text() for t in plot_miou_vs_fps(ours, published).axes[0].get_legend().get_texts()
+        ]
         assert not [t for t in legend if "published" in t]
 
 
 def test_miou_vs_fps_draws_intervals() -> None:
     row = make_record(fps=5.5, miou_ci=[0.50, 0.52])
     ax = plot_miou_vs_fps([row, make_record(PSPNET, 0.48, fps=4.0, miou_ci=None)]).axes[0]
-    segments = [seg for c in ax.collections if hasattr(c, "get_segments") for seg in c.get_segments()]
+    segments = [
+        seg for c in ax.collections if hasattr(c, "get_segments") for seg in c.get_segments()
+    ]
     assert [[tuple(p) for p in seg] for seg in segments] == [[(5.5, 50.0), (5.5, 52.0)]]
 
 
@@ -156,7 +162,9 @@ def test_scene_comparison_draws_scene_intervals() -> None:
     fig = plot_scene_comparison([row, make_record(PSPNET, 0.5186, per_scene_miou_ci=None)])
     ax = fig.axes[0]
     assert len(ax.patches) == 4
-    segments = [seg for c in ax.collections if hasattr(c, "get_segments") for seg in c.get_segments()]
+    segments = [
+        seg for c in ax.collections if hasattr(c, "get_segments") for seg in c.get_segments()
+    ]
     assert len(segments) == 1 and [p[1] for p in segments[0]] == pytest.approx([52.0, 54.0])
     assert len(visible_tick_labels(fig)) == 2
 
