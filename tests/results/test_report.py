@@ -13,7 +13,12 @@ import pandas as pd
 import pytest
 from conftest import REPO, write_tree
 from record_factory import (
-    FCN, PSPNET, make_record, published_row, write_run, write_runs_with_visuals,
+    FCN,
+    PSPNET,
+    make_record,
+    published_row,
+    write_run,
+    write_runs_with_visuals,
 )  # fmt: skip
 
 from loveda_utils import paths

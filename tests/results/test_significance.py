@@ -10,7 +10,14 @@ import pytest
 from conftest import write_tree
 from PIL import Image
 from record_factory import (
-    DEEPLAB, FCN, PSPNET, make_record, predictions_for, tile_confusion, write_per_tile, write_run,
+    DEEPLAB,
+    FCN,
+    PSPNET,
+    make_record,
+    predictions_for,
+    tile_confusion,
+    write_per_tile,
+    write_run,
 )  # fmt: skip
 
 from loveda_utils.data.classes import CLASS_NAMES
