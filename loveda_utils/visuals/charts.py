@@ -317,11 +317,16 @@ def plot_miou_vs_fps(
     ax.grid(True, which="both", alpha=0.3)
     note = ""
     if with_fps and not shown:
+        devices = ", ".join(sorted({str(p.device) for p in with_fps}))
+        published_splits = ", ".join(sorted({p.split for p in with_fps}))
+        why = (
+            f"none of ours timed like them is on {published_splits}" if comparable
+            else "none of our LoveDA rows was timed like them on a CUDA GPU"
+        )  # fmt: skip
         note = (
             f"{len(with_fps)} published rows not drawn: their fps (fp32, batch 1, "
-            f"{PUBLISHED_FPS_SIZE} px tiles, {', '.join(sorted({str(p.device) for p in with_fps}))})"
-            " compare only with a real LoveDA row of ours timed the same way on a CUDA GPU, and "
-            "there is none here."
+            f"{PUBLISHED_FPS_SIZE} px tiles, {devices}) compare only with a LoveDA row of ours "
+            f"timed the same way on a CUDA GPU and evaluated on the same split, and {why}."
         )
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2, fontsize=10, frameon=False)
     if note:

@@ -19,7 +19,7 @@ from record_factory import (
     published_row,
     write_run,
     write_runs_with_visuals,
-)  # fmt: skip
+)
 
 from loveda_utils import paths
 from loveda_utils.cli import main

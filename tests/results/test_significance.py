@@ -18,7 +18,7 @@ from record_factory import (
     tile_confusion,
     write_per_tile,
     write_run,
-)  # fmt: skip
+)
 
 from loveda_utils.data.classes import CLASS_NAMES
 from loveda_utils.results.store import load_records
