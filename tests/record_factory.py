@@ -14,7 +14,9 @@ import numpy as np
 from PIL import Image
 
 from loveda_utils.data.classes import CLASS_NAMES
+from loveda_utils.evaluation.per_tile import PER_TILE_FILE, TileConfusions, save_per_tile
 from loveda_utils.files import write_json_atomic
+from loveda_utils.results.references import PublishedResult
 from loveda_utils.results.schema import RECORD_SCHEMA
 from loveda_utils.results.store import claim_run_dir, run_group_for
 
@@ -101,7 +103,6 @@ def make_record(
         "seed": 0,
         "created": created,
     }
-    record.update(interval_fields(miou))
     record.update(overrides)
     return record
 
@@ -152,10 +153,7 @@ def write_runs_with_visuals(results_dir: Path, tree: Path) -> None:
     )
 
 
-# -- uncertainty: per-tile confusion matrices and intervals -----------------------------------------
-
-#: The per-tile file of a run folder and its keys (docs/CONTRACTS.md, README "The protocol").
-PER_TILE_FILE = "per_tile_confusion.npz"
+# -- per-tile confusion matrices -------------------------------------------------------------------
 
 
 def tile_confusion(raw_mask: np.ndarray, raw_prediction: np.ndarray) -> np.ndarray:
@@ -168,55 +166,25 @@ def tile_confusion(raw_mask: np.ndarray, raw_prediction: np.ndarray) -> np.ndarr
 
 def write_per_tile(run_dir: Path, tree: Path, predictions: dict) -> Path:
     """``<run_dir>/per_tile_confusion.npz`` of ``predictions`` (:func:`predictions_for`) against
-    ``tree``'s masks, in the documented format (``names``, ``scenes``, ``class_names``,
-    ``confusion`` int64 ``[N, 7, 7]``)."""
+    ``tree``'s masks, as a run saves it."""
     keys = sorted(predictions)
     confusion = np.stack([
         tile_confusion(np.array(Image.open(tree / s / sc / "masks_png" / n)), predictions[(s, sc, n)])
         for s, sc, n in keys
     ])  # fmt: skip
-    path = run_dir / PER_TILE_FILE
-    np.savez_compressed(
-        path,
-        names=np.asarray([f"{s}/{sc}/{n}" for s, sc, n in keys], dtype=str),
-        scenes=np.asarray([sc.lower() for _, sc, _ in keys], dtype=str),
-        class_names=np.asarray(CLASS_NAMES, dtype=str),
-        confusion=confusion.astype(np.int64),
-    )
-    return path
-
-
-def schema_has_intervals() -> bool:
-    """Whether the record schema holds the bootstrap fields (``miou_ci`` ...): they come with
-    the uncertainty work (issue #14); records get them only once the schema accepts them."""
-    from loveda_utils.results.schema import FIELDS
-
-    return "miou_ci" in {f.name for f in FIELDS}
-
-
-def interval_fields(miou: float, half_width: float = 0.004) -> dict[str, Any]:
-    """The record's bootstrap fields around ``miou`` (empty when the schema has none yet)."""
-    if not schema_has_intervals():
-        return {}
-    urban, rural = round(miou + 0.02, 4), round(miou - 0.03, 4)
-    return {
-        "miou_ci": [miou - half_width, miou + half_width],
-        "miou_ms_flip_ci": None,
-        "per_scene_miou_ci": {
-            "urban": [urban - 2 * half_width, urban + 2 * half_width],
-            "rural": [rural - 2 * half_width, rural + 2 * half_width],
-        },
-        "bootstrap": {"resamples": 2000, "seed": 0, "level": 0.95, "unit": "tile",
-                      "interval": "percentile"},
-    }  # fmt: skip
+    tiles = TileConfusions(
+        tuple(f"{s}/{sc}/{n}" for s, sc, n in keys), tuple(sc.lower() for _, sc, _ in keys),
+        confusion.astype(np.int64),
+    )  # fmt: skip
+    return save_per_tile(run_dir / PER_TILE_FILE, tiles)
 
 
 # -- published reference rows ---------------------------------------------------------------------
 
 
-def published_row(**fields: Any) -> Any:
-    """A published reference row as ``loveda_utils.results.references.load_references`` gives it
-    (a ``PublishedResult`` when that module is present, else an object with the same fields)."""
+def published_row(**fields: Any) -> PublishedResult:
+    """A published reference row as ``loveda_utils.results.references.load_references`` gives
+    it; ``fields`` replace the defaults (an MMSeg zoo row)."""
     row: dict[str, Any] = {
         "source": "MMSegmentation model zoo", "split": "Val", "method": "DeepLabV3+",
         "backbone": "R-50-D8", "crop_size": 512, "lr_schd": 80000, "mem_gb": 7.37, "fps": 6.0,
@@ -224,16 +192,10 @@ def published_row(**fields: Any) -> Any:
         "per_class_iou": dict.fromkeys(CLASS_NAMES), "reference": "configs/deeplabv3plus/README.md",
     }  # fmt: skip
     row.update(fields)
-    try:
-        from loveda_utils.results.references import PublishedResult
-    except ImportError:
-        from types import SimpleNamespace
-
-        return SimpleNamespace(**row)
     return PublishedResult(**row)
 
 
-def server_row(**fields: Any) -> Any:
+def server_row(**fields: Any) -> PublishedResult:
     """A published Test-server row: per-class IoU, no training or timing facts."""
     per_class = {c: round(0.40 + 0.05 * i, 2) for i, c in enumerate(CLASS_NAMES)}
     base = {

@@ -17,15 +17,13 @@ apart, and every label says "reported".
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pandas as pd
 
 from ..data.classes import CLASS_NAMES, SPLITS
+from .references import PublishedResult, load_references
 from .table import NULL
-
-if TYPE_CHECKING:  # the loader ships in loveda_utils/results/references.py
-    from .references import PublishedResult
 
 __all__ = [
     "PUBLISHED_FPS_SIZE",
@@ -45,12 +43,8 @@ PUBLISHED_MARK = "reported"
 
 
 def published_rows() -> list[PublishedResult]:
-    """Every published row (:func:`loveda_utils.results.references.load_references`), or none
-    while that loader is not part of the package (then the report says so)."""
-    try:
-        from .references import load_references
-    except ImportError:  # pragma: no cover - the loader merges separately (issue #14)
-        return []
+    """Every published row shipped with the package
+    (:func:`loveda_utils.results.references.load_references`)."""
     return load_references()
 
 
@@ -131,10 +125,7 @@ def published_markdown(rows: Sequence[PublishedResult], heading: str = "####") -
     """The published rows as markdown: an introduction, one table per split (``heading`` level
     titles), then the numbered references the Source column points to."""
     if not rows:
-        return (
-            "_No published reference rows in this installation "
-            "(`loveda_utils/results/references.py`)._\n"
-        )
+        return "_No published reference rows given._\n"
     lines = [
         "Results as their sources report them, **not run here** and not ranked with ours. "
         "Val and Test numbers do not compare with each other (Test is scored by the LoveDA "

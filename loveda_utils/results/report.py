@@ -18,19 +18,16 @@ import os
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from .. import paths
 from ..errors import ConfigError
 from ..files import write_text_atomic
 from .published import published_markdown, published_rows
+from .references import PublishedResult
 from .schema import Record
 from .sections import replace_section
 from .store import load_records
 from .table import build_table, split_by_data, table_markdown
-
-if TYPE_CHECKING:  # the loader ships in loveda_utils/results/references.py
-    from .references import PublishedResult
 
 __all__ = [
     "COMPARISON_NOTEBOOK",

@@ -18,6 +18,8 @@ from typing import Any
 import pandas as pd
 
 from ..errors import ConfigError
+from ..evaluation.per_tile import PER_TILE_FILE
+from .compare import compare_runs, run_tiles
 from .schema import Record
 from .table import record_labels, select_records, split_by_data
 
@@ -57,16 +59,6 @@ def paired_differences(
         ``df.attrs["unpaired"]`` the pairs whose tiles differ, ``df.attrs["mismatched"]`` the
         rows whose per-tile file does not add up to the mIoU their record states.
     """
-    try:
-        from ..evaluation.per_tile import PER_TILE_FILE
-        from .compare import compare_runs, run_tiles
-    except ImportError:  # pragma: no cover - the paired bootstrap merges separately (issue #14)
-        df = pd.DataFrame(columns=list(PAIR_COLUMNS))
-        df.attrs["skipped"] = ["every row: this installation has no paired bootstrap "
-                               "(loveda_utils/results/compare.py)"]  # fmt: skip
-        df.attrs["unpaired"] = []
-        return df
-
     real, _ = split_by_data(records)
     chosen = select_records(real)
     labelled = list(zip(record_labels(chosen), chosen))

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -21,13 +21,12 @@ import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, NullFormatter
+from numpy.typing import ArrayLike
 
 from ..results.published import PUBLISHED_FPS_SIZE, fps_comparable
+from ..results.references import PublishedResult
 from ..results.schema import Record
 from ..results.table import record_labels, scene_table, select_records
-
-if TYPE_CHECKING:  # the loader ships in loveda_utils/results/references.py
-    from ..results.references import PublishedResult
 
 __all__ = [
     "log_ticks",
@@ -49,9 +48,9 @@ _PUBLISHED_MARKERS = ("D", "^", "v", "P", "X", "*", "h", "<", ">")
 
 def _whiskers(
     ax: Axes,
-    at: Sequence[float],
-    low: Sequence[float],
-    high: Sequence[float],
+    at: ArrayLike,
+    low: ArrayLike,
+    high: ArrayLike,
     colour: str,
     vertical: bool = True,
 ) -> None:
@@ -154,10 +153,10 @@ def plot_scene_comparison(records: Sequence[Record]) -> Figure:
         labels = ["-" if np.isnan(h) else f"{h:.1f}" for h in heights]
         ax.bar_label(bars, labels=labels, fontsize=9, padding=6)
         intervals = [(r.get("per_scene_miou_ci") or {}).get(scene) for r in chosen]
-        at = [i for i, ci in enumerate(intervals) if ci and not np.isnan(heights[i])]
-        if at:
-            _whiskers(ax, x[at] + offset, [100 * intervals[i][0] for i in at],
-                      [100 * intervals[i][1] for i in at], "black")  # fmt: skip
+        drawn = [(i, ci) for i, ci in enumerate(intervals) if ci and not np.isnan(heights[i])]
+        if drawn:
+            _whiskers(ax, [x[i] + offset for i, _ in drawn], [100 * ci[0] for _, ci in drawn],
+                      [100 * ci[1] for _, ci in drawn], "black")  # fmt: skip
     ax.set_xticks(x, list(table.index), rotation=20, ha="right", fontsize=10)
     ax.set_ylabel("mIoU (%)", fontsize=10)
     ax.set_ylim(0, 105)
@@ -234,7 +233,7 @@ def _place_labels(ax: Axes, labels: Sequence[tuple[str, float, float, dict[str, 
         candidates = []
         for dx, dy in _LABEL_OFFSETS:
             line = {"arrowstyle": "-", "color": style.get("color", "black"), "linewidth": 0.8}
-            leader = {"arrowprops": line} if abs(dy) >= _LEADER_FROM else {}
+            leader: dict[str, Any] = {"arrowprops": line} if abs(dy) >= _LEADER_FROM else {}
             note = ax.annotate(
                 text, (x, y), textcoords="offset points", xytext=(dx, dy), fontsize=9,
                 ha="left" if dx > 0 else "right", va="bottom" if dy > 0 else "top",
@@ -274,12 +273,15 @@ def plot_miou_vs_fps(
     comparable = [r for r in ours if not r["dataset"].get("synthetic") and fps_comparable(r)]
     # Published points only beside rows timed like them, and of the same split (Val vs Test).
     splits = {r["dataset"]["split"] for r in comparable}
-    shown = [p for p in with_fps if p.split in splits]
+    shown: list[tuple[PublishedResult, float]] = []  # each row with its fps
+    for p in with_fps:
+        if p.fps and p.split in splits:
+            shown.append((p, p.fps))
     if not ours:
         return _empty_figure("no runs with both mIoU and fps yet")
     fig, ax = plt.subplots(figsize=(11, 7))
     labels = record_labels(ours)
-    xs = [r["fps"] for r in ours] + [p.fps for p in shown]
+    xs = [r["fps"] for r in ours] + [fps for _, fps in shown]
     lo, hi = _padded_log_limits(xs)
     for synthetic, style in ((False, _OURS), (True, _SYNTHETIC)):
         group = [r for r in ours if bool(r["dataset"].get("synthetic")) == synthetic]
@@ -292,16 +294,18 @@ def plot_miou_vs_fps(
             _whiskers(ax, [r["fps"] for r in with_ci], [100 * r["miou_ci"][0] for r in with_ci],
                       [100 * r["miou_ci"][1] for r in with_ci],
                       "grey" if synthetic else "tab:blue")  # fmt: skip
-    to_label = [(label, r["fps"], 100 * r["miou"], {}) for label, r in zip(labels, ours)]
+    to_label: list[tuple[str, float, float, dict[str, Any]]] = [
+        (label, r["fps"], 100 * r["miou"], {}) for label, r in zip(labels, ours)
+    ]
     # Published points: orange, one marker per method (in the legend), labelled by backbone.
-    published_style = {"color": _PUBLISHED_COLOUR, "fontstyle": "italic"}
-    for method, marker in zip(dict.fromkeys(p.method for p in shown), _PUBLISHED_MARKERS):
-        group = [p for p in shown if p.method == method]
-        ax.scatter([p.fps for p in group], [100 * p.miou for p in group], s=60, zorder=3,
+    published_style: dict[str, Any] = {"color": _PUBLISHED_COLOUR, "fontstyle": "italic"}
+    for method, marker in zip(dict.fromkeys(p.method for p, _ in shown), _PUBLISHED_MARKERS):
+        same = [(p, fps) for p, fps in shown if p.method == method]
+        ax.scatter([fps for _, fps in same], [100 * p.miou for p, _ in same], s=60, zorder=3,
                    marker=marker, color=_PUBLISHED_COLOUR,
                    label=f"{method}, published (reported, not run here)")  # fmt: skip
-        to_label += [(p.backbone, p.fps, 100 * p.miou, published_style) for p in group]
-    ys = [100 * r["miou"] for r in ours] + [100 * p.miou for p in shown]
+        to_label += [(p.backbone, fps, 100 * p.miou, published_style) for p, fps in same]
+    ys = [100 * r["miou"] for r in ours] + [100 * p.miou for p, _ in shown]
     ys += [100 * v for r in ours for v in (r.get("miou_ci") or [])]
     room = max(max(ys) - min(ys), 1.0) * 0.08  # for the labels above the top point
     ax.set_ylim(min(ys) - room, max(ys) + room)

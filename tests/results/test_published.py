@@ -13,6 +13,7 @@ from loveda_utils.results.published import (
     published_markdown,
     published_per_class_table,
 )
+from loveda_utils.results.references import load_references
 
 V100 = "Tesla V100-SXM2-32GB"
 
@@ -70,8 +71,7 @@ def test_fps_comparable(overrides: dict, comparable: bool) -> None:
 
 
 def test_the_shipped_rows() -> None:
-    references = pytest.importorskip("loveda_utils.results.references")
-    rows = references.load_references()
+    rows = load_references()
     text = published_markdown(rows)
     assert text.count(f"| LoveDA Val, {PUBLISHED_MARK} |") == 9  # MMSeg's zoo
     assert text.count(f"| LoveDA Test, {PUBLISHED_MARK} |") >= 4  # paper baselines, RVSA

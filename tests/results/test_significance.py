@@ -21,15 +21,8 @@ from record_factory import (
 )
 
 from loveda_utils.data.classes import CLASS_NAMES
+from loveda_utils.results.significance import paired_differences, paired_differences_markdown
 from loveda_utils.results.store import load_records
-
-# The paired bootstrap ships with the uncertainty work (issue #14): these tests run once it is in.
-pytest.importorskip("loveda_utils.results.compare")
-
-from loveda_utils.results.significance import (  # noqa: E402
-    paired_differences,
-    paired_differences_markdown,
-)
 
 UNET = ("unet_resnet18", "UNet", "R-18")
 
