@@ -231,7 +231,7 @@ def plot_prediction_grid(
     single = len(models) == 1
     n_cols = 4 if single else 1 + max(len(c) for c in chunks)
     n_rows = len(strips) * (1 if single else 2)
-    legend_inches = 0.8
+    legend_inches = 0.6
     height = PANEL_INCHES * 1.1 * n_rows + legend_inches + 0.8
     fig, axs = plt.subplots(n_rows, n_cols, figsize=(PANEL_INCHES * n_cols, height), squeeze=False)
     for s, (row, chunk) in enumerate(strips):
@@ -252,11 +252,14 @@ def plot_prediction_grid(
         Patch(facecolor=rgb_fraction(c), edgecolor="grey", label=n)
         for n, c in zip(("correct", "wrong", "ignored"), ERROR_COLORS)
     ]
-    fig.legend(
-        handles=legend_handles() + errors, loc="lower center", ncol=6, frameon=False, fontsize=10
-    )
     title = suptitle + (f"\n({note})" if note else "")
-    fig.suptitle(title, fontsize=12)
-    title_inches = 0.22 * (title.count("\n") + 1)  # tight_layout leaves the suptitle out
-    fig.tight_layout(rect=(0, legend_inches / height, 1, 1 - title_inches / height))
+    # Title, then the key, then the first tile, placed in inches from the top (tight_layout
+    # leaves the suptitle and a figure legend out).
+    fig.suptitle(title, fontsize=12, y=1 - 0.1 / height, va="top")
+    title_inches = 0.1 + 0.25 * (title.count("\n") + 1) + 0.05
+    fig.legend(
+        handles=legend_handles() + errors, loc="upper center", ncol=6, frameon=False,
+        fontsize=10, bbox_to_anchor=(0.5, 1 - title_inches / height),
+    )  # fmt: skip
+    fig.tight_layout(rect=(0, 0, 1, 1 - (title_inches + legend_inches) / height))
     return fig
