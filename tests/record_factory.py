@@ -14,7 +14,9 @@ import numpy as np
 from PIL import Image
 
 from loveda_utils.data.classes import CLASS_NAMES
+from loveda_utils.evaluation.per_tile import PER_TILE_FILE, TileConfusions, save_per_tile
 from loveda_utils.files import write_json_atomic
+from loveda_utils.results.references import PublishedResult
 from loveda_utils.results.schema import RECORD_SCHEMA
 from loveda_utils.results.store import claim_run_dir, run_group_for
 
@@ -149,3 +151,57 @@ def write_runs_with_visuals(results_dir: Path, tree: Path) -> None:
     write_run(
         results_dir, make_record(FCN, 0.9, synthetic=True, root=tree, crop_size=64), visuals=preds
     )
+
+
+# -- per-tile confusion matrices -------------------------------------------------------------------
+
+
+def tile_confusion(raw_mask: np.ndarray, raw_prediction: np.ndarray) -> np.ndarray:
+    """One tile's int64 ``[7, 7]`` confusion (rows ground truth), no-data (raw 0) excluded."""
+    keep = raw_mask > 0
+    truth, pred = raw_mask[keep].astype(np.int64) - 1, raw_prediction[keep].astype(np.int64) - 1
+    n = len(CLASS_NAMES)
+    return np.bincount(truth * n + pred, minlength=n * n).reshape(n, n)
+
+
+def write_per_tile(run_dir: Path, tree: Path, predictions: dict) -> Path:
+    """``<run_dir>/per_tile_confusion.npz`` of ``predictions`` (:func:`predictions_for`) against
+    ``tree``'s masks, as a run saves it."""
+    keys = sorted(predictions)
+    confusion = np.stack([
+        tile_confusion(np.array(Image.open(tree / s / sc / "masks_png" / n)), predictions[(s, sc, n)])
+        for s, sc, n in keys
+    ])  # fmt: skip
+    tiles = TileConfusions(
+        tuple(f"{s}/{sc}/{n}" for s, sc, n in keys), tuple(sc.lower() for _, sc, _ in keys),
+        confusion.astype(np.int64),
+    )  # fmt: skip
+    return save_per_tile(run_dir / PER_TILE_FILE, tiles)
+
+
+# -- published reference rows ---------------------------------------------------------------------
+
+
+def published_row(**fields: Any) -> PublishedResult:
+    """A published reference row as ``loveda_utils.results.references.load_references`` gives
+    it; ``fields`` replace the defaults (an MMSeg zoo row)."""
+    row: dict[str, Any] = {
+        "source": "MMSegmentation model zoo", "split": "Val", "method": "DeepLabV3+",
+        "backbone": "R-50-D8", "crop_size": 512, "lr_schd": 80000, "mem_gb": 7.37, "fps": 6.0,
+        "device": "V100", "miou": 0.5099, "miou_ms_flip": 0.5065,
+        "per_class_iou": dict.fromkeys(CLASS_NAMES), "reference": "configs/deeplabv3plus/README.md",
+    }  # fmt: skip
+    row.update(fields)
+    return PublishedResult(**row)
+
+
+def server_row(**fields: Any) -> PublishedResult:
+    """A published Test-server row: per-class IoU, no training or timing facts."""
+    per_class = {c: round(0.40 + 0.05 * i, 2) for i, c in enumerate(CLASS_NAMES)}
+    base = {
+        "source": "LoveDA paper", "split": "Test", "method": "PSPNet", "backbone": "ResNet-50",
+        "crop_size": None, "lr_schd": None, "mem_gb": None, "fps": None, "device": None,
+        "miou": 0.483, "miou_ms_flip": None, "per_class_iou": per_class,
+        "reference": "test-server scores",
+    }  # fmt: skip
+    return published_row(**{**base, **fields})

@@ -57,8 +57,42 @@ def _flops(record: Mapping[str, Any]) -> str:
     return f"1x3x{size}x{size}"
 
 
+def _bootstrap(record: Mapping[str, Any]) -> str:
+    """How the record's interval was drawn, from its ``bootstrap`` settings."""
+    settings = record.get("bootstrap") or {}
+    if not settings:
+        return "bootstrap over the evaluated tiles, settings not recorded"
+    level, kind = settings.get("level"), settings.get("interval")
+    draws, seed = settings.get("resamples"), settings.get("seed")
+    head = " ".join(
+        part for part in (
+            f"{100 * level:g}%" if level is not None else "", kind or "", "bootstrap over the "
+            "evaluated tiles",
+        ) if part
+    )  # fmt: skip
+    tail = [
+        f"{draws} resamples" if draws is not None else "",
+        f"seed {seed}" if seed is not None else "",
+    ]
+    return ", ".join([head, *[t for t in tail if t]])
+
+
 def _scales() -> str:
     return ", ".join(f"{s:g}" for s in MS_FLIP_SCALES)
+
+
+def _interval_note(records: Sequence[Record], labels: Sequence[str]) -> str:
+    with_ci = [(r, label) for r, label in zip(records, labels) if r.get("miou_ci")]
+    if not with_ci:
+        return "mIoU 95% CI: `-`, these records hold no bootstrap interval (made before them)."
+    missing = [label for r, label in zip(records, labels) if not r.get("miou_ci")]
+    none = f"; `-`: no interval in the record of {', '.join(missing)}" if missing else ""
+    chosen, chosen_labels = [r for r, _ in with_ci], [label for _, label in with_ci]
+    return (
+        f"mIoU 95% CI: {_by_setting([_bootstrap(r) for r in chosen], chosen_labels)}; tiles "
+        "are drawn with replacement, so the interval says how far the mIoU could move on another "
+        f"draw of such tiles. `± w` when symmetric, else `[low, high]`{none}."
+    )
 
 
 def protocol_notes(records: Sequence[Record], labels: Sequence[str]) -> list[str]:
@@ -74,6 +108,7 @@ def protocol_notes(records: Sequence[Record], labels: Sequence[str]) -> list[str
         "mIoU, Urban/Rural mIoU: IoU per class (no-data pixels ignored) averaged over the "
         f"classes, in %, on {setting(_evaluation)}.",
     ]
+    notes.append(_interval_note(records, labels))
     without = [label for r, label in zip(records, labels) if r.get("miou_ms_flip") is None]
     if len(without) < len(records):
         not_run = f"; not run for {', '.join(without)}" if without else ""

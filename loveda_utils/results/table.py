@@ -32,6 +32,7 @@ __all__ = [
     "SYNTHETIC_MARK",
     "TABLE_COLUMNS",
     "build_table",
+    "interval_text",
     "latest_records",
     "per_class_table",
     "record_label",
@@ -39,6 +40,7 @@ __all__ = [
     "scene_table",
     "select_records",
     "sort_records",
+    "split_by_data",
     "table_markdown",
 ]
 
@@ -52,6 +54,12 @@ NULL = "-"
 
 def _synthetic(record: Mapping[str, Any]) -> bool:
     return bool(record.get("dataset", {}).get("synthetic"))
+
+
+def split_by_data(records: Iterable[Record]) -> tuple[list[Record], list[Record]]:
+    """``(real, synthetic)``: records measured on LoveDA, and on the synthetic mini-LoveDA."""
+    records = list(records)
+    return [r for r in records if not _synthetic(r)], [r for r in records if _synthetic(r)]
 
 
 def latest_records(records: Iterable[Record]) -> tuple[list[Record], list[Record]]:
@@ -165,6 +173,23 @@ def _scene(record: Mapping[str, Any], scene: str) -> float | None:
     return (record.get("per_scene_miou") or {}).get(scene)
 
 
+def interval_text(value: float | None, ci: Sequence[float] | None) -> str:
+    """A 95% interval of ``value`` (fractions) as the table shows it, in %.
+
+    ``± 0.40`` when the interval is symmetric about the value within a tenth of its half-width
+    (the larger half-width is shown, so the interval is never understated), else the bounds,
+    ``[50.60, 51.40]``; :data:`NULL` when the record has none (records older than the intervals).
+    """
+    if value is None or not ci:
+        return NULL
+    low, high, centre = 100 * ci[0], 100 * ci[1], 100 * value
+    below, above = centre - low, high - centre
+    widest = max(below, above)
+    if min(below, above) >= 0 and abs(above - below) <= 0.1 * widest:
+        return f"± {widest:.2f}"
+    return f"[{low:.2f}, {high:.2f}]"
+
+
 def _fps_text(record: Mapping[str, Any]) -> str:
     fps, spread = record.get("fps"), record.get("fps_spread")
     if fps is None:
@@ -206,7 +231,8 @@ def _md_link(
 
 
 #: The table's columns, the one place they are defined: MMSeg's model-zoo columns in their order
-#: (Method ... download), plus Urban/Rural mIoU, Params, GFLOPs and the Data evaluated.
+#: (Method ... download), plus the mIoU's 95% bootstrap interval over tiles, Urban/Rural mIoU,
+#: Params, GFLOPs and the Data evaluated.
 COLUMNS: tuple[Column, ...] = (
     Column("Method", lambda r, b: r["method"], lambda r, b: _marked(r["method"], r)),
     Column("Backbone", lambda r, b: r["backbone"], lambda r, b: r["backbone"]),
@@ -218,6 +244,11 @@ COLUMNS: tuple[Column, ...] = (
     Column("Inf time (fps)", lambda r, b: r.get("fps"), lambda r, b: _fps_text(r)),
     Column("Device", lambda r, b: r["device"], lambda r, b: r["device"]),
     Column("mIoU", lambda r, b: r.get("miou"), lambda r, b: _pct(r.get("miou"))),
+    Column(
+        "mIoU 95% CI",
+        lambda r, b: r.get("miou_ci"),
+        lambda r, b: interval_text(r.get("miou"), r.get("miou_ci")),
+    ),
     Column(
         "mIoU(ms+flip)",
         lambda r, b: r.get("miou_ms_flip"),
@@ -308,20 +339,26 @@ def _cell(value: Any) -> str:
     return str(NULL if value is None else value).replace("|", "\\|").replace("\n", " ")
 
 
-def table_markdown(df: pd.DataFrame, problems: Sequence[str] = (), protocol: bool = True) -> str:
+#: What an empty table says.
+NO_RUNS = (
+    "_No runs yet: run `python -m loveda_utils run-suite` or `notebooks/03_benchmark.ipynb`; each "
+    "run writes `runs/<run_name>/metrics.json`._"
+)
+
+
+def table_markdown(
+    df: pd.DataFrame, problems: Sequence[str] = (), protocol: bool = True, empty: str = NO_RUNS
+) -> str:
     """The table as a markdown pipe table, with footnotes.
 
     Footnotes: the measurement protocol (``df.attrs["protocol"]``, from the records), the
     synthetic-data warning (when a row is synthetic), superseded runs (``df.attrs["superseded"]``)
     and damaged records (``problems``, as :func:`~loveda_utils.results.store.load_records`
-    names them). With no rows, a line saying there are no runs yet replaces the table.
+    names them). With no rows, the line ``empty`` replaces the table.
     """
     lines = []
     if df.empty:
-        lines.append(
-            "_No runs yet: run `python -m loveda_utils run-suite` or "
-            "`notebooks/03_benchmark.ipynb`; each run writes `runs/<run_name>/metrics.json`._"
-        )
+        lines.append(empty)
     else:
         lines.append("| " + " | ".join(_cell(c) for c in df.columns) + " |")
         lines.append("|" + "|".join("---" for _ in df.columns) + "|")

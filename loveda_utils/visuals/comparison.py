@@ -1,9 +1,10 @@
-"""Figures comparing models: per-class heatmap, urban vs rural, mIoU vs speed, prediction grids.
+"""The same tiles segmented by every model: prediction grids with error maps.
 
-Notebook 04 (results comparison) draws them from the results records
-(:mod:`loveda_utils.results.table` selects and names the rows); ``03_benchmark.ipynb`` draws one
-model's :func:`plot_prediction_grid`. Error maps are green where a prediction is correct, red
-where it is wrong and black where the ground truth is no-data.
+Notebook 04 (results comparison) draws :func:`plot_prediction_comparison` from the results
+records (:mod:`loveda_utils.results.table` selects and names the rows); ``03_benchmark.ipynb``
+draws one model's :func:`plot_prediction_grid`. Error maps are green where a prediction is
+correct, red where it is wrong and black where the ground truth is no-data. The charts (heatmap,
+urban vs rural, mIoU vs speed) are in :mod:`loveda_utils.visuals.charts`.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from typing import Any
 
 import matplotlib.pyplot as plt
 import numpy as np
-import pandas as pd
 import torch
 from matplotlib.figure import Figure
 
@@ -26,7 +26,7 @@ from ..data.root import resolve_data_root
 from ..data.synthetic import is_synthetic
 from ..results.schema import Record
 from ..results.store import VISUALS_DIR
-from ..results.table import record_labels, scene_table, select_records
+from ..results.table import record_labels, select_records
 from .samples import legend_handles, rgb_fraction, to_display_rgb
 
 #: A tile: ``"Split/Scene/name.png"`` or ``(split, scene, name)``.
@@ -38,127 +38,9 @@ ERROR_COLORS: tuple[tuple[int, int, int], ...] = ((46, 160, 67), (214, 39, 40), 
 
 def _empty_figure(message: str) -> Figure:
     """A one-axes figure saying why there is nothing to plot (a notebook never crashes on it)."""
-    fig, ax = plt.subplots(figsize=(6, 1.5))
-    ax.text(0.5, 0.5, message, ha="center", va="center", wrap=True)
+    fig, ax = plt.subplots(figsize=(8, 1.5))
+    ax.text(0.5, 0.5, message, ha="center", va="center", wrap=True, fontsize=11)
     ax.axis("off")
-    return fig
-
-
-def plot_per_class_heatmap(per_class_df: pd.DataFrame | None) -> Figure:
-    """Heatmap of per-class IoU (%): models (rows) x classes (columns), each cell annotated.
-
-    ``per_class_df``: :func:`loveda_utils.results.table.per_class_table`; its ``mIoU`` column, when
-    present, is set off from the classes by a white line.
-    """
-    if per_class_df is None or per_class_df.empty:
-        return _empty_figure("no runs to compare yet")
-    values = per_class_df.to_numpy(dtype=float)
-    rows, cols = values.shape
-    fig, ax = plt.subplots(figsize=(1.1 * cols + 4, 0.5 * rows + 2))
-    image = ax.imshow(np.ma.masked_invalid(values), cmap="viridis", vmin=0, vmax=100, aspect="auto")
-    for i in range(rows):
-        for j in range(cols):
-            v = values[i, j]
-            text = "-" if np.isnan(v) else f"{v:.1f}"
-            ax.text(
-                j,
-                i,
-                text,
-                ha="center",
-                va="center",
-                fontsize=9,
-                color="black" if not np.isnan(v) and v > 60 else "white",
-            )
-    ax.set_xticks(range(cols), [str(c) for c in per_class_df.columns], rotation=30, ha="right")
-    ax.set_yticks(range(rows), [str(i) for i in per_class_df.index])
-    if "mIoU" in per_class_df.columns:
-        ax.axvline(list(per_class_df.columns).index("mIoU") - 0.5, color="white", linewidth=3)
-    ax.set_title("IoU per class (%)")
-    fig.colorbar(image, ax=ax, label="IoU (%)")
-    fig.tight_layout()
-    return fig
-
-
-def plot_scene_comparison(records: Sequence[Record]) -> Figure:
-    """Urban vs rural mIoU (%) per model, as grouped bars (newest record per run group).
-
-    Bars of synthetic (mini-LoveDA) runs are hatched, besides the † in their label.
-    """
-    table = scene_table(records)
-    if table.empty:
-        return _empty_figure("no runs to compare yet")
-    hatches = ["//" if r["dataset"].get("synthetic") else "" for r in select_records(records)]
-    x = np.arange(len(table))
-    fig, ax = plt.subplots(figsize=(max(6, 1.4 * len(table) + 2), 4.5))
-    for offset, (column, colour) in zip(
-        (-0.2, 0.2), (("Urban mIoU", "tab:red"), ("Rural mIoU", "tab:green"))
-    ):
-        heights = table[column].to_numpy(dtype=float)
-        bars = ax.bar(
-            x + offset,
-            np.nan_to_num(heights),
-            0.4,
-            label=column.split()[0],
-            color=colour,
-            hatch=hatches,
-            edgecolor="white",
-        )
-        ax.bar_label(bars, labels=["-" if np.isnan(h) else f"{h:.1f}" for h in heights], fontsize=8)
-    ax.set_xticks(x, list(table.index), rotation=20, ha="right")
-    ax.set_ylabel("mIoU (%)")
-    ax.set_ylim(0, 105)
-    ax.set_title("Urban vs rural mIoU")
-    ax.legend()
-    fig.tight_layout()
-    return fig
-
-
-def plot_miou_vs_fps(records: Sequence[Record]) -> Figure:
-    """mIoU (%) against inference speed (fps, log scale), one labelled point per model.
-
-    Synthetic (mini-LoveDA) points are hollow grey squares, real LoveDA points filled circles.
-    """
-    chosen = [
-        r
-        for r in select_records(records, latest_only=True)
-        if r.get("miou") is not None and r.get("fps")
-    ]
-    if not chosen:
-        return _empty_figure("no runs with both mIoU and fps yet")
-    labels = record_labels(chosen)
-    fig, ax = plt.subplots(figsize=(7, 5))
-    real: dict[str, Any] = {"marker": "o", "color": "tab:blue", "label": "LoveDA"}
-    fake: dict[str, Any] = {"marker": "s", "facecolors": "none", "edgecolors": "grey"}
-    fake["label"] = "mini-LoveDA (synthetic, not LoveDA)"
-    for synthetic, style in ((False, real), (True, fake)):
-        points = [
-            (r["fps"], 100 * r["miou"])
-            for r in chosen
-            if bool(r["dataset"].get("synthetic")) == synthetic
-        ]
-        if points:
-            fps, miou = zip(*points)
-            ax.scatter(fps, miou, s=60, **style)
-    for label, r in zip(labels, chosen):
-        ax.annotate(
-            label,
-            (r["fps"], 100 * r["miou"]),
-            textcoords="offset points",
-            xytext=(5, 5),
-            fontsize=8,
-        )
-    ax.set_xscale("log")
-    # Plain numbers on the log axis; minor ticks unlabelled (their labels collide).
-    from matplotlib.ticker import NullFormatter, ScalarFormatter
-
-    ax.xaxis.set_major_formatter(ScalarFormatter())
-    ax.xaxis.set_minor_formatter(NullFormatter())
-    ax.set_xlabel("inference speed (fps, log scale)")
-    ax.set_ylabel("mIoU (%)")
-    ax.set_title("mIoU vs speed")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(loc="best")
-    fig.tight_layout()
     return fig
 
 
@@ -288,45 +170,96 @@ def read_prediction(path: str | os.PathLike[str]) -> np.ndarray | str:
     return np.asarray(raw_to_train(prediction))
 
 
+#: Models side by side in one strip of :func:`plot_prediction_grid`, and the side of a panel
+#: (inches at 100 dpi): four panels fill the rendered page's column, each about 300 px wide, so
+#: roads and buildings of a 1024 px tile stay visible.
+MODELS_PER_STRIP = 3
+PANEL_INCHES = 3.1
+
+
+def _show(ax: Any, picture: np.ndarray | None, title: str, missing: str = "") -> None:
+    ax.set_title(title, fontsize=10)
+    if picture is not None:
+        ax.imshow(picture, interpolation="nearest")
+    elif missing:
+        ax.text(0.5, 0.5, missing, ha="center", va="center", fontsize=10)
+    ax.axis("off")
+
+
+def _panels(row: TilePredictions, models: Sequence[str], chunk: Sequence[int]) -> list[tuple]:
+    """``(top, bottom)`` panels of one strip: the tile and its truth, then each model's
+    prediction over its error map. A panel is ``(picture or None, title, why missing)``."""
+    image = to_display_rgb(row.image) if row.image is not None else None
+    truth = colorize(row.target) if row.target is not None else None
+    pairs = [(
+        (image, row.title, "image missing"),
+        (truth, "ground truth", "no ground truth"),
+    )]  # fmt: skip
+    for i in chunk:
+        prediction = row.predictions[i]
+        if isinstance(prediction, str):
+            pairs.append(((None, models[i], prediction), (None, f"errors: {models[i]}", "")))
+            continue
+        errors = None
+        if row.target is not None and row.target.shape == prediction.shape:
+            errors = error_map(prediction, row.target)
+        pairs.append((
+            (colorize(prediction), models[i], ""),
+            (errors, f"errors: {models[i]}", "no ground truth"),
+        ))  # fmt: skip
+    return pairs
+
+
 def plot_prediction_grid(
     rows: list[TilePredictions], models: list[str], suptitle: str, note: str = ""
 ) -> Figure:
-    """Image | ground truth | each model's prediction | each model's error map (green correct,
-    red wrong, black ignored), one row per tile; the figure of the 03 and 04 notebooks."""
+    """Each tile, its ground truth, and every model's prediction over its error map (green
+    correct, red wrong, black ignored); the figure of the 03 and 04 notebooks.
+
+    One model: a row per tile (image | truth | prediction | errors). Several: a strip of two
+    rows per tile, image over truth then each model's prediction over its errors, at most
+    :data:`MODELS_PER_STRIP` models per strip (more models continue in the next strip, the
+    tile repeated), so that every panel keeps a size at which roads and buildings show.
+    """
     from matplotlib.patches import Patch
 
-    n_cols = 2 + 2 * len(models)
-    fig, axs = plt.subplots(
-        len(rows), n_cols, figsize=(2.6 * n_cols, 2.7 * len(rows) + 1), squeeze=False
-    )
-    for axes, row in zip(axs, rows):
-        axes[0].set_title(
-            row.title + ("" if row.image is not None else " (image missing)"), fontsize=8
-        )
-        if row.image is not None:
-            axes[0].imshow(to_display_rgb(row.image))
-        axes[1].set_title("ground truth", fontsize=8)
-        if row.target is not None:
-            axes[1].imshow(colorize(row.target))
-        for i, (label, prediction) in enumerate(zip(models, row.predictions, strict=True)):
-            pred_ax, err_ax = axes[2 + i], axes[2 + len(models) + i]
-            pred_ax.set_title(label, fontsize=8)
-            err_ax.set_title(f"errors: {label}", fontsize=8)
-            if isinstance(prediction, str):
-                pred_ax.text(0.5, 0.5, prediction, ha="center", va="center")
-                continue
-            pred_ax.imshow(colorize(prediction))
-            if row.target is not None and row.target.shape == prediction.shape:
-                err_ax.imshow(error_map(prediction, row.target))
-        for ax in axes:
-            ax.axis("off")
+    chunks = [
+        list(range(start, min(start + MODELS_PER_STRIP, len(models))))
+        for start in range(0, max(len(models), 1), MODELS_PER_STRIP)
+    ]
+    strips = [(row, chunk) for row in rows for chunk in chunks]
+    single = len(models) == 1
+    n_cols = 4 if single else 1 + max(len(c) for c in chunks)
+    n_rows = len(strips) * (1 if single else 2)
+    legend_inches = 0.6
+    height = PANEL_INCHES * 1.1 * n_rows + legend_inches + 0.8
+    fig, axs = plt.subplots(n_rows, n_cols, figsize=(PANEL_INCHES * n_cols, height), squeeze=False)
+    for s, (row, chunk) in enumerate(strips):
+        pairs = _panels(row, models, chunk)
+        if single:
+            for ax, panel in zip(axs[s], [p for pair in pairs for p in pair]):
+                _show(ax, *panel)
+            continue
+        top, bottom = axs[2 * s], axs[2 * s + 1]
+        for col in range(n_cols):
+            if col < len(pairs):
+                _show(top[col], *pairs[col][0])
+                _show(bottom[col], *pairs[col][1])
+            else:
+                top[col].axis("off")
+                bottom[col].axis("off")
     errors = [
         Patch(facecolor=rgb_fraction(c), edgecolor="grey", label=n)
         for n, c in zip(("correct", "wrong", "ignored"), ERROR_COLORS)
     ]
+    title = suptitle + (f"\n({note})" if note else "")
+    # Title, then the key, then the first tile, placed in inches from the top (tight_layout
+    # leaves the suptitle and a figure legend out).
+    fig.suptitle(title, fontsize=12, y=1 - 0.1 / height, va="top")
+    title_inches = 0.1 + 0.25 * (title.count("\n") + 1) + 0.05
     fig.legend(
-        handles=legend_handles() + errors, loc="lower center", ncol=6, frameon=False, fontsize=8
-    )
-    fig.suptitle(suptitle + (f"\n({note})" if note else ""))
-    fig.tight_layout(rect=(0, 0.06, 1, 1))
+        handles=legend_handles() + errors, loc="upper center", ncol=6, frameon=False,
+        fontsize=10, bbox_to_anchor=(0.5, 1 - title_inches / height),
+    )  # fmt: skip
+    fig.tight_layout(rect=(0, 0, 1, 1 - (title_inches + legend_inches) / height))
     return fig

@@ -3,6 +3,7 @@ and the rendered comparison notebook."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -11,16 +12,27 @@ import nbformat
 import pandas as pd
 import pytest
 from conftest import REPO, write_tree
-from record_factory import FCN, PSPNET, make_record, write_run, write_runs_with_visuals
+from record_factory import (
+    FCN,
+    PSPNET,
+    make_record,
+    published_row,
+    write_run,
+    write_runs_with_visuals,
+)
 
 from loveda_utils import paths
 from loveda_utils.cli import main
 from loveda_utils.errors import ConfigError
 from loveda_utils.results.report import (
+    OURS_HEADING,
+    PIPELINE_HEADING,
+    PUBLISHED_HEADING,
     README_END,
     README_START,
     readme_target,
     render_comparison,
+    report_markdown,
     write_report,
 )
 from loveda_utils.results.store import claim_run_dir
@@ -58,6 +70,12 @@ def test_write_report(tmp_path: Path) -> None:
     }
     md = written["markdown"].read_text(encoding="utf-8")
     assert "| 50.99 |" in md and f"FCN {SYNTHETIC_MARK}" in md
+    # Three parts: ours on LoveDA, the published rows, the synthetic pipeline check apart.
+    ours, published, pipeline = _parts(md, "##")
+    assert "| DeepLabV3+ | R-50 |" in ours and SYNTHETIC_MARK not in ours
+    assert "not run here" in published and "DeepLabV3+ | R-50 |" not in published
+    assert f"| FCN {SYNTHETIC_MARK} |" in pipeline and "pipeline runs end to end" in pipeline
+    assert "| DeepLabV3+ | R-50 |" not in pipeline
     assert f"(runs/{run.name}/checkpoints/last.ckpt)" in md
     csv = pd.read_csv(written["csv"])
     assert csv.loc[csv["Method"] == "DeepLabV3+", "mIoU"].item() == pytest.approx(0.5099)
@@ -71,11 +89,37 @@ def test_write_report(tmp_path: Path) -> None:
     assert new.startswith(head + README_START.encode()) and new.endswith(README_END.encode() + tail)
     section = new.decode()[new.decode().index(README_START) : new.decode().index(README_END)]
     assert "old table" not in section and "| 50.99 |" in section
+    assert [h for h in section.splitlines() if h.startswith("### ")] == [
+        f"### {OURS_HEADING}", f"### {PUBLISHED_HEADING}", f"### {PIPELINE_HEADING}",
+    ]  # fmt: skip
     assert f"(results/runs/{run.name}/checkpoints/last.ckpt)" in section
     # Rerunning is idempotent.
     write_report(results_dir, readme_path=readme)
     assert readme.read_bytes() == new
     assert not [p for p in results_dir.iterdir() if p.name.endswith(".tmp")]
+
+
+def _parts(markdown: str, heading: str) -> tuple[str, str, str]:
+    """The report's three parts (ours, published, pipeline check), by their headings."""
+    starts = [markdown.index(f"{heading} {h}\n") for h in (OURS_HEADING, PUBLISHED_HEADING,
+                                                          PIPELINE_HEADING)]  # fmt: skip
+    return (markdown[starts[0] : starts[1]], markdown[starts[1] : starts[2]], markdown[starts[2] :])
+
+
+def test_report_parts_without_real_or_synthetic_rows(tmp_path: Path) -> None:
+    synthetic_only = [make_record(FCN, 0.9, synthetic=True, crop_size=64)]
+    ours, published, pipeline = _parts(report_markdown(synthetic_only, published=[]), "##")
+    assert "No LoveDA runs yet" in ours and "| FCN" not in ours
+    assert "No published reference rows" in published
+    assert f"| FCN {SYNTHETIC_MARK} |" in pipeline
+    ours, published, pipeline = _parts(report_markdown([make_record()], level=3), "###")
+    assert "| DeepLabV3+ | R-50 |" in ours and "No synthetic runs here" in pipeline
+    # Published rows appear in their own part only, under their split, marked as reported.
+    row = published_row(method="PSPNet", backbone="R-101-D8", miou=0.5186)
+    ours, published, _ = _parts(report_markdown([make_record()], published=[row]), "##")
+    assert "PSPNet" not in ours
+    assert "### LoveDA Val (published)" in published
+    assert "| PSPNet | R-101-D8 |" in published and "LoveDA Val, reported" in published
 
 
 def test_write_report_refuses_readme_without_markers(tmp_path: Path) -> None:
@@ -95,7 +139,7 @@ def test_write_report_refuses_readme_without_markers(tmp_path: Path) -> None:
 
 def test_write_report_without_records(tmp_path: Path) -> None:
     written = write_report(tmp_path)
-    assert "No runs yet" in written["markdown"].read_text(encoding="utf-8")
+    assert "No LoveDA runs yet" in written["markdown"].read_text(encoding="utf-8")
     assert list(pd.read_csv(written["csv"]).columns[: len(TABLE_COLUMNS)]) == list(TABLE_COLUMNS)
 
 
@@ -215,7 +259,18 @@ def test_render_comparison(tmp_path: Path) -> None:
     markdown = "".join(o.get("data", {}).get("text/markdown", "") for o in outputs)
     assert "| PSPNet" in markdown and "not LoveDA results" in markdown
     assert "one forward pass at 1x3x1024x1024" in markdown  # the footnote, from the records
-    assert sum("image/png" in o.get("data", {}) for o in outputs) == 4
+    assert sum("image/png" in o.get("data", {}) for o in outputs) == 5  # 4 charts + visuals
     html = out["html"].read_text(encoding="utf-8")
     assert html.count("data:image/png;base64") >= 4 and "DeepLabV3+" in html
     assert not list(results_dir.glob(".*.tmp*"))
+    # A report: the code stays in the executed notebook, not on the page.
+    code = "".join(c.source for c in nb.cells if c.cell_type == "code")
+    assert "load_records(" in code and "report_markdown(" in code
+    for source in ("load_records(", "report_markdown(", "plt.show()", "results_dir = "):
+        assert source not in html, source
+    assert "In&nbsp;[" not in html  # no In [n]: prompts
+    assert not re.findall(r'class="jp-(?:Input|Output)Prompt', html)
+    # The contents list leads to every part.
+    targets = set(re.findall(r'href="#([^"]+)"', html))
+    anchors = set(re.findall(r'id="([^"]+)"', html))
+    assert len(targets) >= 8 and targets <= anchors, targets - anchors

@@ -14,8 +14,10 @@ from loveda_utils.results.table import (
     SYNTHETIC_MARK,
     TABLE_COLUMNS,
     build_table,
+    interval_text,
     per_class_table,
     scene_table,
+    split_by_data,
     table_markdown,
 )
 
@@ -106,6 +108,55 @@ def test_per_class_and_scene_tables(tmp_path: Path) -> None:
     scenes = scene_table(records)
     assert scenes.loc["PSPNet R-101", "Urban mIoU"] == pytest.approx(53.86)
     assert scenes.loc["PSPNet R-101", "Urban - Rural"] == pytest.approx(5.0)
+
+
+# -- the mIoU's 95% interval ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "value, ci, text",
+    [
+        (0.5099, [0.5059, 0.5139], "± 0.40"),  # symmetric
+        (0.5099, [0.5060, 0.5140], "± 0.41"),  # nearly: the larger half-width, never less
+        (0.5099, [0.5000, 0.5140], "[50.00, 51.40]"),  # skewed: both bounds
+        (0.5099, [0.5110, 0.5140], "[51.10, 51.40]"),  # an interval that misses the value
+        (0.5099, None, "-"),  # a record made before the intervals
+        (None, [0.1, 0.2], "-"),  # no mIoU
+    ],
+)
+def test_interval_text(value: float | None, ci: list[float] | None, text: str) -> None:
+    assert interval_text(value, ci) == text
+
+
+def test_table_shows_the_records_interval() -> None:
+    rows = [
+        make_record(miou_ci=[0.5059, 0.5139], bootstrap={"resamples": 2000, "seed": 0,
+                                                          "level": 0.95, "interval": "percentile"}),
+        make_record(PSPNET, 0.5186, miou_ci=[0.5100, 0.5200], bootstrap=None),
+        make_record(FCN, 0.42, miou_ci=None),
+    ]  # fmt: skip
+    df = build_table(rows)
+    assert [c for c in TABLE_COLUMNS if c in MMSEG_COLUMNS] == list(MMSEG_COLUMNS)
+    assert list(df.columns).index("mIoU 95% CI") == list(df.columns).index("mIoU") + 1
+    assert list(df["mIoU"]) == ["51.86", "50.99", "42.00"]  # the mIoU itself as MMSeg prints it
+    assert list(df["mIoU 95% CI"]) == ["[51.00, 52.00]", "± 0.40", "-"]
+    raw = build_table(rows, formatted=False)
+    assert raw.loc[raw["Method"] == "DeepLabV3+", "mIoU 95% CI"].item() == [0.5059, 0.5139]
+    assert raw.loc[raw["Method"] == "FCN", "mIoU 95% CI"].item() is None
+    note = next(n for n in df.attrs["protocol"] if n.startswith("mIoU 95% CI"))
+    assert "95% percentile bootstrap over the evaluated tiles, 2000 resamples, seed 0" in note
+    # PSPNet's record states no settings: its rows are named apart.
+    assert "bootstrap over the evaluated tiles, settings not recorded (PSPNet R-101); 95%" in note
+    assert "seed 0 (DeepLabV3+ R-50)" in note
+    assert "`-`: no interval in the record of FCN R-50" in note
+    none = build_table([make_record(miou_ci=None)]).attrs["protocol"]
+    assert any("these records hold no bootstrap interval" in n for n in none)
+
+
+def test_split_by_data() -> None:
+    real, synthetic = split_by_data([make_record(), make_record(FCN, 0.3, synthetic=True)])
+    assert [r["model"] for r in real] == [DEEPLAB[0]]
+    assert [r["model"] for r in synthetic] == [FCN[0]]
 
 
 # -- the protocol footnote -------------------------------------------------------------------------
