@@ -102,7 +102,7 @@ def _mask_of(flat_inputs: list[Any]) -> tv_tensors.Mask | None:
 def _size_of(flat_inputs: list[Any]) -> tuple[int, int]:
     for x in flat_inputs:
         if isinstance(x, (tv_tensors.Image, tv_tensors.Mask)):
-            return tuple(x.shape[-2:])  # type: ignore[return-value]
+            return tuple(x.shape[-2:])
     raise TypeError("the sample holds no tv_tensors.Image or tv_tensors.Mask; wrap it with ToTVTensors()")
 
 
@@ -118,7 +118,7 @@ def _coin() -> bool:
 class ToTVTensors(v2.Transform):
     """Wrap a sample dict's ``image`` / ``mask`` as ``tv_tensors`` so v2 steps know which is which."""
 
-    def forward(self, sample: dict[str, Any]) -> dict[str, Any]:  # type: ignore[override]
+    def forward(self, sample: dict[str, Any]) -> dict[str, Any]:
         out = dict(sample)
         out["image"] = tv_tensors.Image(sample["image"])
         if "mask" in sample:
@@ -129,7 +129,7 @@ class ToTVTensors(v2.Transform):
 class ToPlainTensors(v2.Transform):
     """Unwrap ``tv_tensors`` back to plain tensors (cheaper to collate and pickle across workers)."""
 
-    def forward(self, sample: dict[str, Any]) -> dict[str, Any]:  # type: ignore[override]
+    def forward(self, sample: dict[str, Any]) -> dict[str, Any]:
         out = dict(sample)
         for key in ("image", "mask"):
             if key in out:

@@ -99,7 +99,7 @@ def _pair(value: int | Sequence[int], name: str) -> tuple[int, int]:
     pair = (value, value) if isinstance(value, int) else tuple(value)
     if len(pair) != 2 or not all(isinstance(v, int) and v > 0 for v in pair):
         raise ValueError(f"{name} must be a positive int or (height, width), got {value!r}")
-    return pair  # type: ignore[return-value]
+    return pair
 
 
 def predict_slide(

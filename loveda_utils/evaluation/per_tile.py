@@ -167,7 +167,7 @@ class PerTileConfusion(PerSceneConfusion):
         self._tile_names: list[str] = []
         self._tile_scenes: list[str] = []
 
-    def update(  # type: ignore[override]
+    def update(
         self,
         pred: torch.Tensor,
         target: torch.Tensor,

@@ -122,9 +122,9 @@ class SwinV2Encoder(nn.Module):
         blocks = [m for m in self.features.modules() if isinstance(m, SwinTransformerBlockV2)]
         for i, block in enumerate(blocks):
             block.stochastic_depth.p = drop_path * i / max(len(blocks) - 1, 1)
-        embed_dim = int(self.features[0][0].out_channels)  # type: ignore[index]
+        embed_dim = int(self.features[0][0].out_channels)
         self.out_channels = tuple(embed_dim * 2**i for i in range(len(self._STAGES)))
-        self.depths = tuple(len(self.features[i]) for i in self._STAGES)  # type: ignore[arg-type]
+        self.depths = tuple(len(self.features[i]) for i in self._STAGES)
         self.num_layers = sum(self.depths)
 
     def forward(self, x: Tensor) -> list[Tensor]:
