@@ -300,13 +300,20 @@ def _settings(pairs: list[str]) -> dict:
 
 
 def _suite_args(p: argparse.ArgumentParser) -> None:
-    from .benchmark.suite import PROFILES
+    import os
 
+    from .benchmark.suite import PROFILES
+    from .paths import PROJECT_ROOT
+
+    profiles = "; ".join(f"{name}: {prof.description}" for name, prof in PROFILES.items())
+    folders = ", ".join(f"{name}: {os.path.relpath(prof.results_dir, PROJECT_ROOT)}/"
+                        for name, prof in PROFILES.items())
     p.add_argument("--profile", default="quick", choices=list(PROFILES),
-                   help="quick: CPU demo on mini-LoveDA; mmseg: MMSeg's protocol on a GPU (default quick)")
+                   help=f"{profiles} (default quick)")
     p.add_argument("--models", type=_csv, default=None, help="comma-separated registry names (default: the profile's)")
     p.add_argument("--data-root", default=None, help="LoveDA root (default: $LOVEDA_ROOT, else the mini-LoveDA)")
-    p.add_argument("--results-dir", default=None, help="where runs/ and the table go (default: results/)")
+    p.add_argument("--results-dir", default=None,
+                   help=f"where runs/, the table and the comparison go (default: the profile's; {folders})")
     p.add_argument("--set", dest="settings", action="append", metavar="KEY=VALUE",
                    help="override a notebook parameter for every model (repeatable)")
 

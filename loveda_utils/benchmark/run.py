@@ -28,7 +28,7 @@ from ..errors import CheckpointError
 from ..evaluation.inference import EvaluationResult, evaluate
 from ..files import write_json_atomic
 from ..models.registry import get_spec
-from ..paths import PROJECT_ROOT, RESULTS_DIR
+from ..paths import DEMO_RESULTS_DIR, PROJECT_ROOT, RESULTS_DIR
 from ..results.schema import RECORD_SCHEMA, check_record_keys, validate_record
 from ..results.store import METRICS_FILE, PARAMS_FILE, claim_run_dir, run_group_for, unfinished_run
 from ..results.uncertainty import save_run_tiles, uncertainty_fields
@@ -118,7 +118,7 @@ class BenchmarkRun:
         )
         self.datamodule.setup(None if not c.checkpoint else "validate")
         self.run_group = run_group_for(c.model, self.datamodule.synthetic, self.trained_as.crop_size,
-                                       self.trained_as.lr_schd)
+                                       self.trained_as.lr_schd, c.train_scenes)
         self.run_dir = self._run_dir(self.run_group)
         write_json_atomic(self.run_dir / PARAMS_FILE, c.to_dict())
         c.write(self.run_dir, self.root)
@@ -126,7 +126,9 @@ class BenchmarkRun:
 
     def _run_dir(self, group: str) -> Path:
         c = self.config
-        results = Path(c.results_dir) if c.results_dir else RESULTS_DIR
+        # Without a results_dir, a run on the synthetic mini-LoveDA is demo output, not a result.
+        default = DEMO_RESULTS_DIR if self.datamodule.synthetic else RESULTS_DIR
+        results = Path(c.results_dir) if c.results_dir else default
         # A folder without a record is this run's own (pre-claimed by the suite, or left by an
         # interrupted run that we now resume); one with a record is never written again.
         return unfinished_run(results, c.run_name) or claim_run_dir(results, group, c.run_name)

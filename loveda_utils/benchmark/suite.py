@@ -9,6 +9,14 @@ its models share, and the models with their own overrides:
   (``$LOVEDA_ROOT`` or ``--data-root``) it evaluates a fixed subset of Val so that it stays a demo.
 * ``mmseg``: MMSeg's LoveDA protocol for a GPU: the ``mmseg`` recipe, ms+flip, fps over 200
   images at 1024 px, over the torchvision, smp and EO-pretrained models.
+* ``cross-domain``: LoveDA's cross-domain benchmark as source-only baselines, for a GPU: each
+  model trained with the ``mmseg`` recipe on the Train split of one domain (Urban, then Rural)
+  and evaluated on the Val split of both, which the 2x2 table of
+  ``loveda_utils/results/cross_domain.py`` reads back from the records.
+
+Each profile names the results folder it writes to unless told otherwise (``results_dir``):
+``quick`` writes to the git-ignored demo folder, the others to the project's published folders
+(``loveda_utils/paths.py``), where no run on the synthetic mini-LoveDA may go.
 
 A failing model does not stop the suite; finished ones are skipped on a re-run unless
 ``force``; an unfinished run folder (no record) is resumed (with ``force``: a fresh folder is
@@ -32,11 +40,13 @@ from typing import Any
 
 import yaml
 
+from .. import paths
+from ..data.classes import normalize_scenes
 from ..data.root import resolve_data_root
 from ..data.synthetic import is_synthetic
 from ..errors import ConfigError
 from ..models.registry import get_spec, models_tagged
-from ..paths import NOTEBOOKS_DIR, PROJECT_ROOT, RESULTS_DIR
+from ..paths import NOTEBOOKS_DIR, PROJECT_ROOT
 from ..results.report import render_comparison, write_report
 from ..results.store import (
     METRICS_FILE,
@@ -57,6 +67,10 @@ class Profile:
 
     ``models`` maps each model to its own parameter overrides (usually none).
     ``real_data_params`` are applied on top of ``params`` when the data is real LoveDA.
+    ``variants``: each model runs once per variant, with the variant's parameters on top (the
+    cross-domain profile's train scenes); one empty variant by default: one run per model.
+    ``results_dir``: the folder its runs, table and rendered comparison go to unless the caller
+    names another (:func:`results_dir_for`).
     """
 
     name: str
@@ -65,17 +79,24 @@ class Profile:
     params: Mapping[str, Any]
     real_data_params: Mapping[str, Any] = field(default_factory=dict)
     recipe: str = DEFAULT_RECIPE
+    variants: tuple[Mapping[str, Any], ...] = ({},)
+    results_dir: Path = paths.RESULTS_DIR
 
     def __post_init__(self) -> None:
         get_recipe(self.recipe)  # an unknown recipe fails when the profile is made
+        if not self.variants:
+            raise ValueError(f"profile {self.name!r}: variants is empty; use ({{}},) for one run per model")
 
-    def params_for(self, model: str, synthetic: bool) -> dict[str, Any]:
-        """The notebook parameters of ``model``: the recipe's name, then the shared parameters,
-        the real-data ones and the model's own overrides (recipe fields among them override
-        the recipe's numbers)."""
+    def params_for(
+        self, model: str, synthetic: bool, variant: Mapping[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """The notebook parameters of ``model`` (in ``variant``): the recipe's name, then the
+        shared parameters, the real-data ones, the variant's and the model's own overrides
+        (recipe fields among them override the recipe's numbers)."""
         out = {RECIPE_PARAMETER: self.recipe, **self.params}
         if not synthetic:
             out.update(self.real_data_params)
+        out.update(variant or {})
         out.update(self.models.get(model, {}))
         return out
 
@@ -87,6 +108,16 @@ def _tagged(tag: str, **overrides: Mapping[str, Any]) -> dict[str, Mapping[str, 
         raise ValueError(f"overrides for {stray}, which do not carry the registry tag {tag!r}")
     return {name: overrides.get(name, {}) for name in members}
 
+
+#: MMSeg's evaluation protocol on a GPU (README, "The protocol"), shared by the GPU profiles.
+_MMSEG_PARAMS: dict[str, Any] = {
+    "ms_flip": True,
+    "fps_images": 200,
+    "fps_size": 1024,
+    "flops_size": 1024,
+    "save_predictions": True,
+    "progress": True,
+}
 
 #: A profile's models are the registry models carrying the tag of the profile's name.
 PROFILES: dict[str, Profile] = {
@@ -112,20 +143,29 @@ PROFILES: dict[str, Profile] = {
             "progress": False,
         },
         real_data_params={"limit_eval_images": 16, "crop_size": 256},
+        # Even on real LoveDA the quick profile is a demo (a short schedule, a Val subset): its
+        # runs are local output, never the project's results.
+        results_dir=paths.DEMO_RESULTS_DIR,
     ),
     "mmseg": Profile(
         name="mmseg",
         description="MMSeg's LoveDA protocol on real LoveDA, for a GPU",
         models=_tagged("mmseg"),
         recipe="mmseg",
-        params={
-            "ms_flip": True,
-            "fps_images": 200,
-            "fps_size": 1024,
-            "flops_size": 1024,
-            "save_predictions": True,
-            "progress": True,
-        },
+        params=_MMSEG_PARAMS,
+        results_dir=paths.RESULTS_DIR,
+    ),
+    "cross-domain": Profile(
+        name="cross-domain",
+        description="source-only cross-domain baselines: trained on Urban or Rural Train, "
+                    "evaluated on the Val of both (MMSeg's schedule, for a GPU)",
+        models=_tagged("cross-domain"),
+        recipe="mmseg",
+        # Single-scale scores, as LoveDA's cross-domain benchmark reports; no predictions kept.
+        params={**_MMSEG_PARAMS, "ms_flip": False, "save_predictions": False,
+                "eval_split": "val", "eval_scenes": "both"},
+        variants=({"train_scenes": "urban"}, {"train_scenes": "rural"}),
+        results_dir=paths.CROSS_DOMAIN_RESULTS_DIR,
     ),
 }
 
@@ -136,6 +176,26 @@ def get_profile(profile: str | Profile) -> Profile:
     if profile not in PROFILES:
         raise ConfigError(f"profile={profile!r}: use one of {', '.join(PROFILES)}")
     return PROFILES[profile]
+
+
+def results_dir_for(profile: str | Profile, results_dir: str | Path | None, root: Path) -> Path:
+    """The folder a suite on ``root`` writes to: ``results_dir``, else the profile's.
+
+    Raises:
+        ConfigError: when ``root`` is the synthetic mini-LoveDA and the folder is one of the
+            project's published results folders (:data:`loveda_utils.paths.PUBLISHED_RESULTS_DIRS`):
+            synthetic numbers never sit beside LoveDA results.
+    """
+    prof = get_profile(profile)
+    folder = Path(results_dir) if results_dir else prof.results_dir
+    published = {p.resolve() for p in paths.PUBLISHED_RESULTS_DIRS}
+    if is_synthetic(root) and folder.resolve() in published:
+        raise ConfigError(
+            f"results_dir={str(folder)!r} holds the project's published LoveDA runs, and "
+            f"{root} is the synthetic mini-LoveDA: set ${paths.ENV_VAR} (or --data-root) to a "
+            f"LoveDA root, or pass --results-dir elsewhere (e.g. {paths.DEMO_RESULTS_DIR})"
+        )
+    return folder
 
 
 # -- planning -------------------------------------------------------------------------------------
@@ -152,10 +212,23 @@ class Job:
     status: str = "pending"  # pending | skipped | done | failed
     seconds: float | None = None
     message: str = ""
+    variant: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def notebook(self) -> Path | None:
         return self.run_dir / NOTEBOOK_FILE if self.run_dir else None
+
+    @property
+    def label(self) -> str:
+        """The model, with its variant's parameters when it has one (``m (train_scenes=urban)``)."""
+        settings = ", ".join(f"{k}={v}" for k, v in self.variant.items())
+        return f"{self.model} ({settings})" if settings else self.model
+
+
+def _evaluated_scenes(run_dir: Path) -> set[str]:
+    """The scenes the record in ``run_dir`` was evaluated on (its ``dataset.scenes``)."""
+    record = json.loads((run_dir / METRICS_FILE).read_text(encoding="utf-8"))
+    return set(normalize_scenes(record["dataset"]["scenes"]))
 
 
 def plan(
@@ -166,22 +239,26 @@ def plan(
     force: bool = False,
     overrides: Mapping[str, Any] | None = None,
 ) -> list[Job]:
-    """Decide, per model, its parameters and run folder (claimed now), or that it is done."""
+    """Decide, per model and variant, its parameters and run folder (claimed now), or that it
+    is done: a finished run of the same group (model, data, train scenes, crop, schedule) that
+    evaluated the scenes this one evaluates."""
     prof = get_profile(profile)
     names = list(models) if models else list(prof.models)
     for name in names:
         get_spec(name)  # unknown names fail here, with the list of valid ones
     synthetic = is_synthetic(root)
     jobs = []
-    for name in names:
-        params = prof.params_for(name, synthetic) | dict(overrides or {})
+    for name, variant in ((n, v) for n in names for v in prof.variants):
+        params = prof.params_for(name, synthetic, variant) | dict(overrides or {})
         params.update(model=name, data_root=str(root), results_dir=str(results_dir))
         # The resolved numbers go to the notebook too, so that its parameters cell shows them.
         recipe = Recipe.from_params(params)
         params.update(recipe.to_params())
-        group = run_group_for(name, synthetic, recipe.crop_size, recipe.max_steps)
-        job = Job(name, params, group)
-        done = completed_runs(results_dir, group)
+        train_scenes = params.get("train_scenes", "both")
+        group = run_group_for(name, synthetic, recipe.crop_size, recipe.max_steps, train_scenes)
+        job = Job(name, params, group, variant=dict(variant))
+        eval_scenes = set(normalize_scenes(params.get("eval_scenes", "both")))
+        done = [d for d in completed_runs(results_dir, group) if eval_scenes <= _evaluated_scenes(d)]
         if done and not force:
             job.status, job.run_dir = "skipped", done[-1]
             job.message = f"already done: {done[-1] / METRICS_FILE} (use --force to run again)"
@@ -275,15 +352,16 @@ def run_suite(
 ) -> SuiteResult:
     """Run the suite and rebuild the table, README section and comparison notebook."""
     root = resolve_data_root(data_root)
-    results = Path(results_dir) if results_dir else RESULTS_DIR
     prof = get_profile(profile)
+    results = results_dir_for(prof, results_dir, root)
     jobs = plan(prof, models, root, results, force, overrides)
     todo = [j for j in jobs if j.status == "pending"]
     kind = "synthetic mini-LoveDA" if is_synthetic(root) else "LoveDA"
-    log(f"suite '{prof.name}': {len(jobs)} model(s) on {kind} at {root}; {len(todo)} to run")
+    log(f"suite '{prof.name}': {len(jobs)} run(s) on {kind} at {root}; {len(todo)} to run; "
+        f"results in {results}")
     for job in jobs:
         if job.status == "skipped":
-            log(f"  - {job.model}: {job.message}")
+            log(f"  - {job.label}: {job.message}")
     gpus = list(gpus) if gpus is not None else visible_gpus()
     slots = gpus or [None]
     free = list(slots)
@@ -295,14 +373,14 @@ def run_suite(
             slot = free.pop(0)
             index = next(counter)
         where = f" on cuda:{slot}" if slot is not None else ""
-        log(f"[{index}/{len(todo)}] {job.model}{where}: running -> {job.run_dir}")
+        log(f"[{index}/{len(todo)}] {job.label}{where}: running -> {job.run_dir}")
         try:
             _execute(job, slot)
         finally:
             with lock:
                 free.append(slot)
         took = f"{job.seconds:.0f}s" if job.seconds is not None else "?"
-        log(f"[{index}/{len(todo)}] {job.model}: {job.status.upper()} in {took}: {job.message}")
+        log(f"[{index}/{len(todo)}] {job.label}: {job.status.upper()} in {took}: {job.message}")
         return job
 
     with ThreadPoolExecutor(max_workers=len(slots)) as pool:
@@ -315,7 +393,7 @@ def run_suite(
         log(f"table: {result.report.get('markdown')}")
         try:
             result.rendered = render_comparison(results, data_root=root)
-            log(f"comparison: {result.rendered.get('html')}")
+            log(f"comparison (open in a browser): {result.rendered.get('html')}")
         except Exception as exc:  # the table stands even when the rendering fails
             log(f"comparison notebook failed to render: {exc}")
             result.rendered = {}
@@ -323,5 +401,5 @@ def run_suite(
     skipped = sum(j.status == "skipped" for j in jobs)
     log(f"suite finished: {ok} done, {skipped} skipped, {len(result.failed)} failed")
     for job in result.failed:
-        log(f"  FAILED {job.model}: {job.message}")
+        log(f"  FAILED {job.label}: {job.message}")
     return result

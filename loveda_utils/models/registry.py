@@ -52,6 +52,8 @@ FAMILIES: tuple[str, ...] = get_args(Family)
 TAGS: dict[str, str] = {
     "quick": "in the suite's 'quick' CPU demo (small enough for a 2-core CPU)",
     "mmseg": "in the suite's 'mmseg' profile (MMSeg's LoveDA protocol on a GPU)",
+    "cross-domain": "in the suite's 'cross-domain' profile (source-only baselines: trained on one "
+                    "LoveDA domain, evaluated on both)",
     "light": "a mobile-size backbone (MobileNetV3, MiT-B0): few FLOPs per pixel",
     "eo": "defined by Earth-observation pretrained weights (its default_pretrained)",
 }
@@ -160,7 +162,7 @@ MODELS: dict[str, ModelSpec] = {spec.name: spec for spec in (
     _tv("fcn_resnet101", "FCN", "R-101", "resnet101", "torchvision FCN, dilated R-101, aux head",
         tags="mmseg"),
     _tv("deeplabv3_resnet50", "DeepLabV3", "R-50", "resnet50", "torchvision, OS 8, aux head",
-        tags="mmseg"),
+        tags="mmseg cross-domain"),
     _tv("deeplabv3_resnet101", "DeepLabV3", "R-101", "resnet101", "torchvision, OS 8, aux head",
         tags="mmseg"),
     _tv("deeplabv3_mobilenet_v3_large", "DeepLabV3", "MobileNetV3-L", "mobilenet_v3_large",
@@ -180,7 +182,7 @@ MODELS: dict[str, ModelSpec] = {spec.name: spec for spec in (
     _smp("deeplabv3plus_resnet18", "DeepLabV3+", "R-18", "DeepLabV3Plus", "resnet18",
          "smp DeepLabV3+, OS 8", tags="quick", **_D8),
     _smp("deeplabv3plus_resnet50", "DeepLabV3+", "R-50", "DeepLabV3Plus", "resnet50",
-         "smp DeepLabV3+, OS 8 (as MMSeg r50-d8)", tags="mmseg", **_D8),
+         "smp DeepLabV3+, OS 8 (as MMSeg r50-d8)", tags="mmseg cross-domain", **_D8),
     _smp("deeplabv3plus_resnet101", "DeepLabV3+", "R-101", "DeepLabV3Plus", "resnet101",
          "smp DeepLabV3+, OS 8", tags="mmseg", **_D8),
     _smp("upernet_resnet50", "UPerNet", "R-50", "UPerNet", "resnet50", "smp UPerNet",
@@ -189,7 +191,7 @@ MODELS: dict[str, ModelSpec] = {spec.name: spec for spec in (
     _smp("segformer_mit_b0", "SegFormer", "MiT-B0", "Segformer", "mit_b0",
          "smp SegFormer, 256-channel MLP head", tags="quick light"),
     _smp("segformer_mit_b2", "SegFormer", "MiT-B2", "Segformer", "mit_b2",
-         "smp SegFormer, 768-channel MLP head as in the paper", tags="mmseg",
+         "smp SegFormer, 768-channel MLP head as in the paper", tags="mmseg cross-domain",
          decoder_segmentation_channels=768),
     # Earth-observation ResNets from torchgeo (RGB weights only: LoveDA is RGB).
     _smp("unet_resnet18_ssl4eo_moco", "UNet", "R-18 (SSL4EO-S12 MoCo)", "Unet", "resnet18",

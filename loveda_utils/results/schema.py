@@ -101,8 +101,9 @@ FIELDS: tuple[Field, ...] = (
     Field("schema", "int", "record format version (records of every version up to this "
           "package's are read)", choices=tuple(range(1, RECORD_SCHEMA + 1))),
     Field("run_name", "str", "the run folder's name: `runs/<run_name>/`"),
-    Field("run_group", "str", "`<model>-<mini|loveda>-<crop_size>px-<lr_schd>it`: runs of one "
-       "group are repeats; the table keeps the newest"),
+    Field("run_group", "str", "`<model>-<mini|loveda>[-<urban|rural>]-<crop_size>px-<lr_schd>it` "
+       "(the scene when trained on one domain only): runs of one group are repeats; the table "
+       "keeps the newest"),
     Field("status", "str", "written only once the run completed", choices=("complete",)),
     Field("model", "str", "registry name (`loveda_utils/models/registry.py`)"),
     Field("method", "str", "the table's Method (from the registry entry)"),

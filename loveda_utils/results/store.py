@@ -18,6 +18,7 @@ import os
 import re
 from pathlib import Path
 
+from ..data.classes import SCENES, normalize_scenes
 from ..errors import ConfigError
 from .schema import Record, record_created, validate_record
 
@@ -48,13 +49,28 @@ RUNS_DIR = "runs"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+=-]*$")
 
 
-def run_group_for(model: str, synthetic: bool, crop_size: int, lr_schd: int) -> str:
-    """``<model>-<mini|loveda>-<crop_size>px-<lr_schd>it``: runs of one group are repeats.
+def run_group_for(
+    model: str,
+    synthetic: bool,
+    crop_size: int,
+    lr_schd: int,
+    train_scenes: str | list[str] | tuple[str, ...] = "both",
+) -> str:
+    """``<model>-<mini|loveda>[-<scene>]-<crop_size>px-<lr_schd>it``: runs of one group are repeats.
+
+    A model trained on one domain only (``train_scenes``) has that scene in its group, so that a
+    source-only run is never taken for (or reused as) a run trained on both; trained on both,
+    the group keeps the name it has always had, which the records written before single-domain
+    runs existed carry.
 
     >>> run_group_for("deeplabv3plus_resnet50", False, 512, 80000)
     'deeplabv3plus_resnet50-loveda-512px-80000it'
+    >>> run_group_for("deeplabv3plus_resnet50", False, 512, 80000, train_scenes="urban")
+    'deeplabv3plus_resnet50-loveda-urban-512px-80000it'
     """
-    return f"{model}-{'mini' if synthetic else 'loveda'}-{int(crop_size)}px-{int(lr_schd)}it"
+    scenes = normalize_scenes(train_scenes)
+    domain = "" if set(scenes) == set(SCENES) else "".join(f"-{s.lower()}" for s in scenes)
+    return f"{model}-{'mini' if synthetic else 'loveda'}{domain}-{int(crop_size)}px-{int(lr_schd)}it"
 
 
 def _numbered(base: str, attempt: int) -> str:

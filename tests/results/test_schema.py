@@ -11,6 +11,7 @@ from conftest import REPO
 from record_factory import make_record
 
 from loveda_utils.errors import ConfigError, RecordError
+from loveda_utils.paths import PUBLISHED_RESULTS_DIRS
 from loveda_utils.results import schema
 from loveda_utils.results.schema import (
     CONTRACTS_END,
@@ -22,6 +23,7 @@ from loveda_utils.results.schema import (
     record_created,
     validate_record,
 )
+from loveda_utils.results.store import completed_runs, load_records, run_group_for
 
 BUILDER = REPO / "loveda_utils" / "benchmark" / "run.py"
 
@@ -122,12 +124,26 @@ def test_check_record_keys() -> None:
     assert check_record_keys(make_record(fps="fast"))["fps"] == "fast"
 
 
+#: A record as an early demo run wrote it (schema 1, before the intervals and single-domain runs),
+#: kept byte for byte in a results folder of its own: old records must stay readable.
+SCHEMA_1_RESULTS = Path(__file__).parent / "fixtures" / "schema1"
+
+
 def test_repository_records_stay_valid() -> None:
-    paths = sorted((REPO / "results" / "runs").glob("*/metrics.json"))
-    if not paths:
-        pytest.skip("no records committed under results/runs")
-    for path in paths:
-        assert validate_record(json.loads(path.read_text(encoding="utf-8"))) == [], path
+    """The published runs are valid LoveDA records (no synthetic one among them), and a
+    schema-1 record still reads, and is still found in its run group, as the package is now."""
+    for folder in PUBLISHED_RESULTS_DIRS:
+        for path in sorted((folder / "runs").glob("*/metrics.json")):
+            record = json.loads(path.read_text(encoding="utf-8"))
+            assert validate_record(record) == [], path
+            assert not record["dataset"]["synthetic"], f"{path}: synthetic, among the published runs"
+    records, problems = load_records(SCHEMA_1_RESULTS)
+    assert problems == [] and [r["schema"] for r in records] == [1]
+    (old,) = records
+    assert old["config"]["train_scenes"] == "both" and old["dataset"]["synthetic"] is True
+    group = run_group_for(old["model"], True, old["crop_size"], old["lr_schd"], train_scenes="both")
+    assert old["run_group"] == group
+    assert completed_runs(SCHEMA_1_RESULTS, group) == [old["_run_dir"]]
 
 
 def test_record_created() -> None:
