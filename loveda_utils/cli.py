@@ -8,14 +8,18 @@ without a traceback.
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from .errors import ConfigError, LoveDAError
 
 if TYPE_CHECKING:
     from .training.recipe import Recipe
+
+#: Errors of the disk a command writes to (a read-only folder, a full disk): one line, exit 2.
+DISK_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT})
 
 Command = Callable[[argparse.Namespace], int]
 COMMANDS: dict[str, tuple[Command, Callable[[argparse.ArgumentParser], None], str]] = {}
@@ -165,9 +169,11 @@ def _export_args(p: argparse.ArgumentParser) -> None:
 
 @command("export-submission", "zip a run's predictions for the LoveDA evaluation server", _export_args)
 def export_submission(args: argparse.Namespace) -> int:
+    from .data.classes import SPLITS, normalize_split
     from .evaluation.submission import export_submission as export
 
-    out = export(args.run_dir, out=args.out, split=args.split)
+    (split,) = _names("--split", [args.split], normalize_split, SPLITS)
+    out = export(args.run_dir, out=args.out, split=split)
     print(f"submission written to {out}")
     return 0
 
@@ -194,13 +200,13 @@ def report(args: argparse.Namespace) -> int:
 
     from . import paths
     from .results.report import write_report
-    from .results.store import load_records
+    from .results.store import check_output_folder, load_records
 
     results_dir = Path(args.results_dir) if args.results_dir else paths.RESULTS_DIR
+    check_output_folder(results_dir, "--results-dir")  # a file, or not writable: the table can't go there
     if not results_dir.is_dir():
-        print(f"error: results dir {results_dir} does not exist; run the benchmark first "
-              "(python -m loveda_utils run-suite) or pass --results-dir", file=sys.stderr)
-        return 2
+        raise ConfigError(f"--results-dir {results_dir} does not exist; run the benchmark first "
+                          "(python -m loveda_utils run-suite) or pass --results-dir")
     written = write_report(results_dir, readme=not args.no_readme, readme_path=args.readme)
     print(written["markdown"].read_text(encoding="utf-8"))
     for problem in load_records(results_dir)[1]:
@@ -259,7 +265,7 @@ def fetch_weights(args: argparse.Namespace) -> int:
 
         names = list(get_profile(args.profile).models)
     else:
-        names = available_models() if args.all else args.models
+        names = available_models() if args.all else _model_names(args.models)
     files = fetch.needed_files(names, args.pretrained)
     if not files:
         print(f"nothing to fetch: pretrained={args.pretrained!r} needs no files for "
@@ -287,16 +293,31 @@ def fetch_weights(args: argparse.Namespace) -> int:
 
 
 def _settings(pairs: list[str]) -> dict:
-    """``--set key=value`` pairs; values parsed as YAML (numbers, true/false, null, strings)."""
+    """``--set key=value`` pairs, each key a notebook parameter the suite does not set itself
+    (checked before anything runs); values parsed as YAML (numbers, true/false, null, strings)."""
     import yaml
+
+    from .benchmark.suite import check_overrides
 
     out = {}
     for pair in pairs or []:
         key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise SystemExit(f"--set {pair!r}: use key=value, e.g. --set max_steps=300")
-        out[key.strip()] = yaml.safe_load(value)
-    return out
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {pair!r}: use key=value, e.g. --set max_steps=300")
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise ConfigError(f"--set {pair!r}: the value is not valid YAML; quote it, e.g. "
+                              f"--set '{key.strip()}=\"{value}\"'") from None
+    return check_overrides(out)
+
+
+def _model_names(names: list[str] | None) -> list[str] | None:
+    """``--models`` as given (None: not given); an empty list is refused, not read as "all"."""
+    if names is not None and not names:
+        raise ConfigError("--models: no model named; pass comma-separated registry names, e.g. "
+                          "--models unet_resnet18,fpn_resnet50, or leave --models out")
+    return names
 
 
 def _suite_args(p: argparse.ArgumentParser) -> None:
@@ -324,14 +345,18 @@ def _run_suite_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gpus", type=_csv, default=None,
                    help="CUDA device ids to spread models over (default: all visible; none on CPU)")
     p.add_argument("--no-render", action="store_true", help="skip the table and the comparison notebook")
+    p.add_argument("--no-readme", action="store_true",
+                   help="write the table but leave every README alone (by default the repository's "
+                        "README gets the table when the results are the repository's own results/)")
 
 
 @command("run-suite", "run 03_benchmark.ipynb once per model (papermill), then the comparison", _run_suite_args)
 def run_suite(args: argparse.Namespace) -> int:
     from .benchmark.suite import run_suite as suite
 
-    result = suite(args.profile, args.models, args.data_root, args.results_dir, force=args.force,
-                   overrides=_settings(args.settings), gpus=args.gpus, render=not args.no_render)
+    result = suite(args.profile, _model_names(args.models), args.data_root, args.results_dir, force=args.force,
+                   overrides=_settings(args.settings), gpus=args.gpus, render=not args.no_render,
+                   readme=not args.no_readme)
     return result.exit_code
 
 
@@ -344,7 +369,7 @@ def _estimate_args(p: argparse.ArgumentParser) -> None:
 def estimate(args: argparse.Namespace) -> int:
     from .benchmark.estimate import estimate as run_estimate
 
-    table = run_estimate(args.profile, args.models, args.data_root, steps=args.steps,
+    table = run_estimate(args.profile, _model_names(args.models), args.data_root, steps=args.steps,
                          overrides=_settings(args.settings))
     print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     return 1 if "error" in table and table["error"].notna().any() else 0
@@ -359,7 +384,9 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     from .training.recipe import MMSEG, OPTIMIZERS, RECIPES, recipe_field_types
 
     p.add_argument("--model", default=None, help="a registry name (required unless --config gives it)")
-    p.add_argument("--run-dir", required=True, help="folder for checkpoints and logs (resumes its last.ckpt)")
+    p.add_argument("--run-dir", required=True,
+                   help="folder for checkpoints and logs, created if missing (resumes its last.ckpt); "
+                        "refused while another live train or run holds it")
     p.add_argument("--config", default=None, metavar="CONFIG_YAML",
                    help="rerun a run: its config.yaml (recipe and parameters); flags given override it")
     p.add_argument("--data-root", default=None)
@@ -406,22 +433,23 @@ def train_settings(args: argparse.Namespace) -> tuple[Recipe, dict[str, Any]]:
 
 @command("train", "train one model with Lightning (multi-GPU/multi-node with --strategy ddp)", _train_args)
 def train(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     import lightning as L
     from lightning.pytorch.utilities import rank_zero_only
 
     from .data.root import resolve_data_root
+    from .results.store import check_output_folder, claim_folder
     from .training.recipe import CONFIG_FILE, write_run_config
     from .training.trainer import build_datamodule, fit
 
     recipe, params = train_settings(args)
-    run_dir = Path(args.run_dir)
+    rank_zero = getattr(rank_zero_only, "rank", 0) == 0  # DDP starts this command once per process
+    # The folder is the user's (any path, links followed); it must be, or become, a writable
+    # folder, and one train at a time: rank 0 holds its claim until the process ends.
+    run_dir = claim_folder(args.run_dir) if rank_zero else check_output_folder(args.run_dir, "--run-dir")
     root = resolve_data_root(params["data_root"])
     L.seed_everything(params["seed"], workers=True, verbose=False)
     datamodule = build_datamodule(recipe, root, num_workers=params["num_workers"], seed=params["seed"])
-    if getattr(rank_zero_only, "rank", 0) == 0:  # DDP starts this command once per process
-        run_dir.mkdir(parents=True, exist_ok=True)
+    if rank_zero:
         rerun = f"python -m loveda_utils train --config {run_dir / CONFIG_FILE} --run-dir NEW_RUN_DIR"
         write_run_config(run_dir, recipe, params | {"data_root": str(root)}, rerun=rerun)
     outcome = fit(recipe, datamodule, run_dir, model=params["model"], accelerator=params["accelerator"],
@@ -464,8 +492,15 @@ def compare(args: argparse.Namespace) -> int:
 # -- entry point -------------------------------------------------------------------------------
 
 
+class _Parser(argparse.ArgumentParser):
+    """Argument errors (an invalid choice, a missing flag) as one line, like the commands' own."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m loveda_utils", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="python -m loveda_utils", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (fn, add_arguments, help) in COMMANDS.items():
         p = sub.add_parser(name, help=help, description=help)
@@ -480,6 +515,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except LoveDAError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        if exc.errno not in DISK_ERRNOS:
+            raise
+        where = exc.filename if exc.filename is not None else "a file"
+        print(f"error: cannot write {where}: {exc.strerror}; use a folder you can write in (or fix "
+              "its permissions, or free space)", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

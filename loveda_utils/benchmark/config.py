@@ -5,11 +5,18 @@ The names are the notebook's. The training numbers (``max_steps``, ``batch_size`
 (``loveda_utils/training/recipe.py``), so the notebook, the suite and the ``train`` command share
 one set of defaults. A built config holds the resolved values, and every run writes them to its
 folder as ``config.yaml``, which :func:`read_benchmark_config` turns back into the same config.
+
+A relative ``results_dir`` is made absolute when the config is built, against the working
+directory of the process building it: the caller's for ``papermill`` run from a shell (it keeps
+the caller's directory unless given ``--cwd``), the notebook's folder in Jupyter. The suite passes
+absolute paths (:func:`absolute_paths`), since it runs the notebook in ``notebooks/``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +24,8 @@ from typing import Any
 from ..data.classes import normalize_scenes, normalize_split
 from ..errors import ConfigError
 from ..models.registry import get_spec
+from ..models.state_dict import looks_like_path
+from ..results.store import check_run_name
 from ..training.recipe import (
     CONFIG_FILE,
     DEFAULT_RECIPE,
@@ -29,6 +38,33 @@ from ..training.recipe import (
 
 #: The command line written into a notebook run's ``config.yaml`` to rerun it.
 RERUN_NOTEBOOK = "papermill notebooks/03_benchmark.ipynb out.ipynb -f {path}"
+#: Parameters naming a file or folder (``pretrained`` too, when it is a path, not a keyword).
+PATH_PARAMETERS = ("data_root", "results_dir", "checkpoint")
+
+
+def _absolute(path: str) -> str:
+    return os.path.abspath(os.path.expanduser(path))
+
+
+def absolute_paths(params: dict[str, Any]) -> dict[str, Any]:
+    """``params`` with its paths made absolute against the current directory, for a notebook
+    that runs in another working directory (the suite's, in ``notebooks/``)."""
+    out = dict(params)
+    for name in PATH_PARAMETERS:
+        if isinstance(out.get(name), str) and out[name]:
+            out[name] = _absolute(out[name])
+    pretrained = out.get("pretrained")
+    if isinstance(pretrained, str) and looks_like_path(pretrained):
+        out["pretrained"] = _absolute(pretrained)
+    return out
+
+
+def _named(name: str, normalize: Callable[[Any], Any], value: Any) -> None:
+    """``normalize(value)``, its ValueError as a ConfigError naming the parameter."""
+    try:
+        normalize(value)
+    except ValueError as err:
+        raise ConfigError(f"{name}: {err}") from None
 
 
 @dataclass
@@ -85,9 +121,13 @@ class BenchmarkConfig:
 
     def __post_init__(self) -> None:
         get_spec(self.model)  # unknown model -> the list of valid names, before anything runs
-        normalize_split(self.eval_split)
-        normalize_scenes(self.train_scenes)
-        normalize_scenes(self.eval_scenes)
+        _named("eval_split", normalize_split, self.eval_split)
+        _named("train_scenes", normalize_scenes, self.train_scenes)
+        _named("eval_scenes", normalize_scenes, self.eval_scenes)
+        if self.run_name is not None:
+            check_run_name(self.run_name)  # before anything runs, and no folder is made
+        if self.results_dir:  # against the caller's directory, before anyone changes it
+            self.results_dir = _absolute(self.results_dir)
         # The recipe with this run's overrides, checked; the fields then hold the resolved values.
         for name, value in Recipe.from_params(dataclasses.asdict(self)).to_params().items():
             if name in RECIPE_FIELDS:

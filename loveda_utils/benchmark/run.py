@@ -30,7 +30,14 @@ from ..files import write_json_atomic
 from ..models.registry import get_spec
 from ..paths import DEMO_RESULTS_DIR, PROJECT_ROOT, RESULTS_DIR
 from ..results.schema import RECORD_SCHEMA, check_record_keys, validate_record
-from ..results.store import METRICS_FILE, PARAMS_FILE, claim_run_dir, run_group_for, unfinished_run
+from ..results.store import (
+    METRICS_FILE,
+    PARAMS_FILE,
+    check_output_folder,
+    claim_run_dir,
+    release_run_dir,
+    run_group_for,
+)
 from ..results.uncertainty import save_run_tiles, uncertainty_fields
 from ..runtime import default_channels_last, resolve_device
 from ..training.checkpoint import LoadedCheckpoint, load_checkpoint
@@ -98,6 +105,8 @@ class BenchmarkRun:
     def prepare(self) -> BenchmarkRun:
         """Seed, resolve the data, validate it up front, claim the run folder, save the parameters."""
         c = self.config
+        if c.results_dir:  # a file, or not writable: fail before the data is read
+            check_output_folder(c.results_dir, "results_dir")
         L.seed_everything(c.seed, workers=True, verbose=False)
         self.root = resolve_data_root(c.data_root)
         self.device = resolve_device(c.accelerator)
@@ -124,14 +133,21 @@ class BenchmarkRun:
         c.write(self.run_dir, self.root)
         return self
 
+    def _results_dir(self) -> Path:
+        """``results_dir``, else the project's: without one, a run on the synthetic mini-LoveDA
+        (known once the data is set up) is demo output, not a result."""
+        if self.config.results_dir:
+            return Path(self.config.results_dir)
+        synthetic = self.datamodule is not None and self.datamodule.synthetic
+        return DEMO_RESULTS_DIR if synthetic else RESULTS_DIR
+
     def _run_dir(self, group: str) -> Path:
-        c = self.config
-        # Without a results_dir, a run on the synthetic mini-LoveDA is demo output, not a result.
-        default = DEMO_RESULTS_DIR if self.datamodule.synthetic else RESULTS_DIR
-        results = Path(c.results_dir) if c.results_dir else default
-        # A folder without a record is this run's own (pre-claimed by the suite, or left by an
-        # interrupted run that we now resume); one with a record is never written again.
-        return unfinished_run(results, c.run_name) or claim_run_dir(results, group, c.run_name)
+        # A run_name's newest folder without a record, that no live run holds, is resumed (left
+        # by an interrupted run, or claimed for this notebook by the suite); one a live run
+        # holds is refused; one with a record is never written again. Without a run_name: a
+        # fresh folder of the group.
+        name = self.config.run_name
+        return claim_run_dir(self._results_dir(), group, name, resume=name is not None)
 
     def _load_checkpoint(self) -> LoadedCheckpoint:
         loaded = load_checkpoint(Path(self.config.checkpoint))
@@ -332,6 +348,7 @@ class BenchmarkRun:
             raise ValueError("the record does not meet the contract: " + "; ".join(problems))
         path = self.run_dir / METRICS_FILE
         write_json_atomic(path, record)
+        release_run_dir(self.run_dir)  # the run is over: its folder is never written again
         return path
 
 

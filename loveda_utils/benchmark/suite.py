@@ -22,10 +22,16 @@ A failing model does not stop the suite; finished ones are skipped on a re-run u
 ``force``; an unfinished run folder (no record) is resumed (with ``force``: a fresh folder is
 claimed instead); records never overwrite each other.
 With several GPUs, models run in parallel, one per device.
+
+Each model's folder is claimed when the suite plans (``loveda_utils/results/store.py``) and held
+until its notebook ends; the notebook, a child process, takes over the claim
+(:meth:`~loveda_utils.results.store.RunClaim.child_env`). A second suite on the same results
+folder meanwhile takes the next folder of each model (``-r2``, ...), never the same one.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -51,12 +57,15 @@ from ..results.report import render_comparison, write_report
 from ..results.store import (
     METRICS_FILE,
     NOTEBOOK_FILE,
+    check_output_folder,
     claim_run_dir,
     completed_runs,
+    held_claim,
+    release_run_dir,
     run_group_for,
-    unfinished_group_run,
 )
 from ..training.recipe import DEFAULT_RECIPE, RECIPE_PARAMETER, Recipe, get_recipe
+from .config import BenchmarkConfig, absolute_paths
 
 BENCHMARK_NOTEBOOK = NOTEBOOKS_DIR / "03_benchmark.ipynb"
 
@@ -200,6 +209,31 @@ def results_dir_for(profile: str | Profile, results_dir: str | Path | None, root
 
 # -- planning -------------------------------------------------------------------------------------
 
+#: Notebook parameters the suite sets for each model itself, with what to use instead of --set.
+SUITE_PARAMETERS = {
+    "model": "the suite sets it per model: pass --models",
+    "data_root": "the suite sets it: pass --data-root",
+    "results_dir": "the suite sets it: pass --results-dir",
+    "run_name": "the suite names each model's folder: to name one, run the notebook with -p run_name",
+}
+
+
+def check_overrides(overrides: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``overrides`` (``run-suite --set``) when every key is a notebook parameter (a field of
+    :class:`~loveda_utils.benchmark.config.BenchmarkConfig`) that the suite does not set itself.
+
+    Raises:
+        ConfigError: naming the key, with the valid ones.
+    """
+    valid = [f.name for f in dataclasses.fields(BenchmarkConfig) if f.name not in SUITE_PARAMETERS]
+    for key in overrides or {}:
+        if key in SUITE_PARAMETERS:
+            raise ConfigError(f"--set {key}: {SUITE_PARAMETERS[key]}")
+        if key not in valid:
+            raise ConfigError(f"--set {key}: not a parameter of notebooks/03_benchmark.ipynb; use "
+                              f"one of {', '.join(valid)}")
+    return dict(overrides or {})
+
 
 @dataclass
 class Job:
@@ -224,6 +258,11 @@ class Job:
         settings = ", ".join(f"{k}={v}" for k, v in self.variant.items())
         return f"{self.model} ({settings})" if settings else self.model
 
+    def release(self) -> None:
+        """Give up the claim of the job's folder (its run is over)."""
+        if self.run_dir is not None:
+            release_run_dir(self.run_dir)
+
 
 def _evaluated_scenes(run_dir: Path) -> set[str]:
     """The scenes the record in ``run_dir`` was evaluated on (its ``dataset.scenes``)."""
@@ -239,35 +278,52 @@ def plan(
     force: bool = False,
     overrides: Mapping[str, Any] | None = None,
 ) -> list[Job]:
-    """Decide, per model and variant, its parameters and run folder (claimed now), or that it
-    is done: a finished run of the same group (model, data, train scenes, crop, schedule) that
-    evaluated the scenes this one evaluates."""
+    """Decide, per model and variant, its parameters and run folder, or that it is done: a
+    finished run of the same group (model, data, train scenes, crop, schedule) that evaluated the
+    scenes this one evaluates.
+
+    Every parameter is checked (``--set`` keys, then each run's values, as the notebook will)
+    before any folder is claimed. The folders are claimed now and held until
+    :meth:`Job.release` (or the end of the process): a run's newest unfinished folder that no
+    live run holds is resumed (with ``force``: a fresh folder). Paths go to the notebook
+    absolute, since it runs in ``notebooks/``.
+    """
     prof = get_profile(profile)
+    overrides = check_overrides(overrides)
     names = list(models) if models else list(prof.models)
     for name in names:
         get_spec(name)  # unknown names fail here, with the list of valid ones
+    results_dir = check_output_folder(results_dir, "results_dir")
+    root = Path(os.path.abspath(root))
     synthetic = is_synthetic(root)
     jobs = []
     for name, variant in ((n, v) for n in names for v in prof.variants):
-        params = prof.params_for(name, synthetic, variant) | dict(overrides or {})
+        params = prof.params_for(name, synthetic, variant) | overrides
         params.update(model=name, data_root=str(root), results_dir=str(results_dir))
+        params = absolute_paths(params)
         # The resolved numbers go to the notebook too, so that its parameters cell shows them.
         recipe = Recipe.from_params(params)
         params.update(recipe.to_params())
+        BenchmarkConfig.from_params(params)  # a bad value fails now, not in the notebook
         train_scenes = params.get("train_scenes", "both")
         group = run_group_for(name, synthetic, recipe.crop_size, recipe.max_steps, train_scenes)
-        job = Job(name, params, group, variant=dict(variant))
-        eval_scenes = set(normalize_scenes(params.get("eval_scenes", "both")))
-        done = [d for d in completed_runs(results_dir, group) if eval_scenes <= _evaluated_scenes(d)]
-        if done and not force:
-            job.status, job.run_dir = "skipped", done[-1]
-            job.message = f"already done: {done[-1] / METRICS_FILE} (use --force to run again)"
-        else:
-            # force: a fresh folder, never the unfinished one (its last.ckpt may be the problem).
-            unfinished = None if force else unfinished_group_run(results_dir, group)
-            job.run_dir = unfinished or claim_run_dir(results_dir, group)
-        params["run_name"] = job.run_dir.name
-        jobs.append(job)
+        jobs.append(Job(name, params, group, variant=dict(variant)))
+    try:
+        for job in jobs:
+            eval_scenes = set(normalize_scenes(job.params.get("eval_scenes", "both")))
+            done = [d for d in completed_runs(results_dir, job.run_group)
+                    if eval_scenes <= _evaluated_scenes(d)]
+            if done and not force:
+                job.status, job.run_dir = "skipped", done[-1]
+                job.message = f"already done: {done[-1] / METRICS_FILE} (use --force to run again)"
+            else:
+                # force: a fresh folder, never the unfinished one (its last.ckpt may be the problem).
+                job.run_dir = claim_run_dir(results_dir, job.run_group, resume=not force)
+            job.params["run_name"] = job.run_dir.name
+    except BaseException:
+        for job in jobs:
+            job.release()
+        raise
     return jobs
 
 
@@ -283,9 +339,14 @@ def _execute(job: Job, gpu: str | None) -> Job:
     env = dict(os.environ)
     if gpu is not None:
         env["CUDA_VISIBLE_DEVICES"] = gpu
+    # The notebook takes over this process's claim of the folder; papermill holds the lock too,
+    # so the folder stays claimed while the notebook runs even if the suite is killed.
+    claim = held_claim(job.run_dir)
+    env.update(claim.child_env() if claim else {})
     start = time.perf_counter()
     with open(job.run_dir / "papermill.log", "w") as out:
-        done = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=PROJECT_ROOT)
+        done = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=PROJECT_ROOT,
+                              pass_fds=claim.pass_fds() if claim else ())
     job.seconds = time.perf_counter() - start
     if done.returncode == 0 and (job.run_dir / METRICS_FILE).exists():
         record = json.loads((job.run_dir / METRICS_FILE).read_text())
@@ -347,13 +408,21 @@ def run_suite(
     overrides: Mapping[str, Any] | None = None,
     gpus: Sequence[str] | None = None,
     render: bool = True,
-    readme: Path | None = PROJECT_ROOT / "README.md",
+    readme: bool | None = True,
+    readme_path: str | os.PathLike[str] | None = None,
     log: Callable[[str], None] = print,
 ) -> SuiteResult:
-    """Run the suite and rebuild the table, README section and comparison notebook."""
-    root = resolve_data_root(data_root)
+    """Run the suite and rebuild the table, README section and comparison notebook.
+
+    ``readme``: False (or None) leaves every README alone (``run-suite --no-readme``);
+    ``readme_path``: another README to rewrite (see :func:`~loveda_utils.results.report.write_report`).
+    """
+    check_overrides(overrides)  # before anything runs (the mini-LoveDA may be generated below)
     prof = get_profile(profile)
-    results = results_dir_for(prof, results_dir, root)
+    if results_dir:
+        check_output_folder(results_dir, "results_dir")
+    root = resolve_data_root(data_root)
+    results = check_output_folder(results_dir_for(prof, results_dir, root), "results_dir")
     jobs = plan(prof, models, root, results, force, overrides)
     todo = [j for j in jobs if j.status == "pending"]
     kind = "synthetic mini-LoveDA" if is_synthetic(root) else "LoveDA"
@@ -377,19 +446,24 @@ def run_suite(
         try:
             _execute(job, slot)
         finally:
+            job.release()
             with lock:
                 free.append(slot)
         took = f"{job.seconds:.0f}s" if job.seconds is not None else "?"
         log(f"[{index}/{len(todo)}] {job.label}: {job.status.upper()} in {took}: {job.message}")
         return job
 
-    with ThreadPoolExecutor(max_workers=len(slots)) as pool:
-        list(pool.map(worker, todo))
+    try:
+        with ThreadPoolExecutor(max_workers=len(slots)) as pool:
+            list(pool.map(worker, todo))
+    finally:
+        for job in jobs:
+            job.release()
 
     result = SuiteResult(jobs)
     if render:
         # The repository's README only ever shows the project's own results/ (write_report).
-        result.report = write_report(results, readme=readme is not None, readme_path=readme)
+        result.report = write_report(results, readme=bool(readme), readme_path=readme_path)
         log(f"table: {result.report.get('markdown')}")
         try:
             result.rendered = render_comparison(results, data_root=root)

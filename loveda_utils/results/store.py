@@ -6,16 +6,34 @@ Layout (``docs/CONTRACTS.md``, "Run folders and results records")::
                                  /params.json       the parameters as run
                                  /03_benchmark.ipynb the executed notebook (suite runs)
                                  /checkpoints/last.ckpt
+                                 /.run.lock         the claim (below)
 
-A folder is claimed with ``mkdir(exist_ok=False)`` and never reused once it holds a record; a
-folder without one belongs to an interrupted run, which may resume in it.
+A run's name is a plain folder name (:func:`check_run_name`), so its folder is a direct child of
+``<results_dir>/runs/``; a ``runs/<name>`` that is a symbolic link or a file is refused, never
+followed. (``runs/`` itself, and ``results_dir``, may be links: that is the results folder's
+layout, which its owner chose.)
+
+A run owns its folder by holding an exclusive ``fcntl.flock`` on ``.run.lock`` inside it for as
+long as it runs: the kernel drops the lock when the process ends, however it ends, so a folder
+whose lock nobody holds and that has no record belongs to a run that died, and the next run of
+that name resumes in it. A folder with a record is never written again. Claims go through
+:func:`claim_run_dir` (the notebook, the suite, a SLURM job) and :func:`claim_folder` (``train
+--run-dir``, a folder the user names).
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import itertools
 import json
 import os
 import re
+import socket
+import threading
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 from ..data.classes import SCENES, normalize_scenes
@@ -24,17 +42,23 @@ from .schema import Record, record_created, validate_record
 
 __all__ = [
     "CHECKPOINT_FILE",
+    "CLAIM_ENV",
+    "LOCK_FILE",
     "METRICS_FILE",
     "NOTEBOOK_FILE",
     "PARAMS_FILE",
     "VISUALS_DIR",
+    "RunClaim",
+    "check_output_folder",
+    "check_run_name",
+    "claim_folder",
     "claim_run_dir",
     "completed_runs",
+    "held_claim",
     "load_records",
     "relative_to_results",
+    "release_run_dir",
     "run_group_for",
-    "unfinished_group_run",
-    "unfinished_run",
 ]
 
 #: File names inside a run folder.
@@ -45,8 +69,15 @@ CHECKPOINT_FILE = Path("checkpoints") / "last.ckpt"
 #: Predictions of the fixed comparison tiles: ``visuals/<Split>/<Scene>/<name>.png``.
 VISUALS_DIR = "visuals"
 RUNS_DIR = "runs"
+#: The lock file a run holds while it runs (kept afterwards: deleting a lock file races).
+LOCK_FILE = ".run.lock"
+#: Set in the environment of a process that runs inside a folder claimed by its parent (the
+#: suite's notebook): the claim's token, by which the child recognises the claim as its own.
+CLAIM_ENV = "LOVEDA_RUN_CLAIM"
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+=-]*$")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+=-]*")
+#: File systems cap a name at 255 bytes; this leaves room for the ``-rN`` suffixes.
+MAX_NAME_LENGTH = 200
 
 
 def run_group_for(
@@ -86,62 +117,303 @@ def _attempt(name: str, base: str) -> int | None:
     return int(number) if sep and head == base and number.isdigit() and int(number) > 1 else None
 
 
-def claim_run_dir(
-    results_dir: str | os.PathLike[str], run_group: str, run_name: str | None = None
-) -> Path:
-    """Create and return a fresh ``<results_dir>/runs/<name>`` folder for one run.
+# -- validation ------------------------------------------------------------------------------------
 
-    ``name`` is ``run_name`` (default: ``run_group``); when that folder exists, ``<name>-r2``,
-    ``<name>-r3``, ... The folder is claimed with ``mkdir(exist_ok=False)``, so two runs started
-    at the same time never share a folder and no run ever writes into an earlier one's.
+
+def check_run_name(name: object, arg: str = "run_name") -> str:
+    """``name`` when it is a plain folder name: letters, digits and ``. _ + = -``, starting with a
+    letter or digit, at most :data:`MAX_NAME_LENGTH` characters. So no ``..``, no separator, no
+    absolute path and no empty name can place a run outside ``<results_dir>/runs/``.
 
     Raises:
-        ConfigError: when the name is not a plain folder name.
+        ConfigError: naming ``arg`` and the rule.
     """
-    base = run_name if run_name not in (None, "") else run_group
-    if not isinstance(base, str) or not _NAME.match(base):
-        arg = "run_name" if run_name not in (None, "") else "run_group"
-        raise ConfigError(
-            f"{arg}={base!r} is not a plain folder name: use letters, digits and . _ + = - "
-            "(no slashes or spaces, not starting with a dot)"
-        )
-    runs = Path(results_dir) / RUNS_DIR
-    runs.mkdir(parents=True, exist_ok=True)
-    attempt = 1
-    while True:
-        candidate = runs / _numbered(base, attempt)
+    if isinstance(name, str) and _NAME.fullmatch(name) and len(name) <= MAX_NAME_LENGTH:
+        return name
+    raise ConfigError(
+        f"{arg}={name!r} is not a plain folder name: use letters, digits and . _ + = - (no "
+        f"slashes or spaces, not empty, not starting with a dot, at most {MAX_NAME_LENGTH} "
+        f"characters); the run's folder is <results_dir>/{RUNS_DIR}/<name>"
+    )
+
+
+def check_output_folder(path: str | os.PathLike[str] | None, arg: str) -> Path:
+    """``path`` made absolute (against the current directory), after checking that it is a
+    folder this process can write in, or can become one. Creates nothing.
+
+    Raises:
+        ConfigError: naming ``arg`` when ``path`` is empty, when it or one of its parents is a
+            file (or a broken link), or when the nearest existing folder is not writable.
+    """
+    if path is None or not os.fspath(path).strip():
+        raise ConfigError(f"{arg} is empty: pass a folder path")
+    absolute = Path(os.path.abspath(os.path.expanduser(os.fspath(path))))
+    existing = absolute
+    while not os.path.lexists(existing):
+        existing = existing.parent
+    if not existing.is_dir():
+        what = "a broken symbolic link" if existing.is_symlink() else "a file"
+        raise ConfigError(f"{arg}={os.fspath(path)!r}: {existing} is {what}, not a folder; pass a "
+                          "folder path")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"{arg}={os.fspath(path)!r}: {existing} is not writable; pass a folder "
+                          "you can write in, or change its permissions")
+    return absolute
+
+
+def _make_folder(folder: Path, arg: str, shown: str) -> bool:
+    """``mkdir`` ``folder`` (and its parents); True when this call created it. An existing link
+    or file is left alone (the caller refuses it)."""
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        folder.mkdir()
+        return True
+    except FileExistsError:
+        return False
+    except OSError as err:
+        raise ConfigError(f"{arg}={shown!r}: cannot create {folder} ({err.strerror}); pass a "
+                          "folder you can write in") from None
+
+
+# -- claims ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Owner:
+    """Who holds a folder's lock, as its lock file says."""
+
+    pid: int | None
+    host: str
+    since: str
+    token: str
+
+    def __str__(self) -> str:
+        if self.pid is None:
+            return "another process (its lock file names no owner yet)"
+        return f"pid {self.pid} on {self.host} since {self.since}"
+
+
+@dataclass
+class RunClaim:
+    """A folder this process owns: it holds the folder's lock (or its parent does, for a child
+    started with :meth:`child_env`), until :meth:`release` or the end of the process."""
+
+    path: Path
+    token: str
+    #: The folder held files of an earlier attempt (its ``last.ckpt`` is resumed).
+    resumed: bool
+    _fd: int | None  # None: the lock is the parent's
+
+    @property
+    def adopted(self) -> bool:
+        """The lock is held by the parent process that started this one (:meth:`child_env`)."""
+        return self._fd is None
+
+    def child_env(self) -> dict[str, str]:
+        """Environment for a child process that runs inside this folder (the suite's notebook):
+        its own claim of the folder then takes this one instead of being refused."""
+        return {CLAIM_ENV: self.token}
+
+    def pass_fds(self) -> tuple[int, ...]:
+        """The lock's descriptor, for ``subprocess``'s ``pass_fds``: the child then holds the
+        lock too, so it stays held while the child runs even if this process dies."""
+        return () if self._fd is None else (self._fd,)
+
+    def release(self) -> None:
+        with _HELD_LOCK:
+            _HELD.pop(self.path, None)
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor drops the flock
+            self._fd = None
+
+
+#: The claims this process holds, by folder (each lock is one open file: two claims of a folder
+#: in one process would lock each other out).
+_HELD: dict[Path, RunClaim] = {}
+_HELD_LOCK = threading.Lock()
+
+
+def held_claim(folder: str | os.PathLike[str]) -> RunClaim | None:
+    """This process's claim of ``folder``, if it holds one."""
+    with _HELD_LOCK:
+        return _HELD.get(Path(os.path.abspath(folder)))
+
+
+def release_run_dir(folder: str | os.PathLike[str]) -> None:
+    """Give up this process's claim of ``folder`` (if any); the run in it is over."""
+    claim = held_claim(folder)
+    if claim is not None:
+        claim.release()
+
+
+def _read_owner(fd: int) -> Owner:
+    try:
+        info = json.loads(os.pread(fd, 4096, 0).decode("utf-8"))
+        return Owner(int(info["pid"]), str(info["host"]), str(info["since"]), str(info["token"]))
+    except (OSError, ValueError, KeyError, TypeError):  # being written, or not ours
+        return Owner(None, "", "", "")
+
+
+def _lock(folder: Path, arg: str, shown: str, follow: bool = False) -> RunClaim | Owner:
+    """Take ``folder``'s lock without waiting: the claim, or the live owner holding the lock.
+
+    The folder is opened with ``O_NOFOLLOW`` (unless ``follow``) and the lock file is opened
+    through it, also without following a link: a link put in place of either is refused, never
+    written through.
+    """
+    flags = os.O_RDONLY | os.O_DIRECTORY | (0 if follow else os.O_NOFOLLOW)
+    try:
+        dir_fd = os.open(folder, flags)
         try:
-            candidate.mkdir(exist_ok=False)
-            return candidate
-        except FileExistsError:
-            attempt += 1
+            fd = os.open(LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644, dir_fd=dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError as err:
+        raise ConfigError(f"{arg}={shown!r}: cannot use {folder} as a run folder ({err.strerror}); "
+                          "a run folder must be a real, writable folder") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        owner = _read_owner(fd)
+        os.close(fd)
+        if owner.token and owner.token == os.environ.get(CLAIM_ENV):  # our parent's claim
+            return _register(RunClaim(folder, owner.token, _has_files(folder), None))
+        return owner
+    except OSError as err:
+        os.close(fd)
+        raise ConfigError(f"{arg}={shown!r}: cannot lock {folder / LOCK_FILE} ({err.strerror}); "
+                          "put the results on a file system with file locks") from None
+    token = uuid.uuid4().hex
+    info = {"pid": os.getpid(), "host": socket.gethostname(), "token": token,
+            "since": datetime.now(UTC).isoformat(timespec="seconds")}
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, json.dumps(info).encode("utf-8"), 0)
+    return _register(RunClaim(folder, token, _has_files(folder), fd))
 
 
-# -- the resume rule -------------------------------------------------------------------------------
+def _register(claim: RunClaim) -> RunClaim:
+    with _HELD_LOCK:
+        _HELD[claim.path] = claim
+    return claim
 
 
-def unfinished_run(results_dir: str | os.PathLike[str], run_name: str | None) -> Path | None:
-    """``runs/<run_name>`` when it exists without a record: this run's own folder (claimed
-    beforehand by the suite, or left by an interrupted run) to resume in. A folder with a record
-    is never written again, so then None."""
-    if not run_name:
-        return None
-    folder = Path(results_dir) / RUNS_DIR / run_name
-    return folder if folder.is_dir() and not (folder / METRICS_FILE).exists() else None
+def _has_files(folder: Path) -> bool:
+    """Whether ``folder`` holds anything besides its lock file."""
+    try:
+        return any(entry.name != LOCK_FILE for entry in os.scandir(folder))
+    except FileNotFoundError:  # removed meanwhile
+        return False
 
 
-def unfinished_group_run(results_dir: str | os.PathLike[str], run_group: str) -> Path | None:
-    """The newest folder of ``run_group`` (``<group>``, ``<group>-r2``, ...) when it has no
-    record: an interrupted run to resume. None when the newest one finished (or none exists)."""
-    runs = Path(results_dir) / RUNS_DIR
-    numbered = [
-        (n, p) for p in (runs.iterdir() if runs.is_dir() else ())
-        if p.is_dir() and (n := _attempt(p.name, run_group)) is not None
-    ]  # fmt: skip
-    if not numbered:
-        return None
-    newest = max(numbered)[1]
-    return None if (newest / METRICS_FILE).exists() else newest
+def _refuse_link_or_file(folder: Path, arg: str, shown: str) -> None:
+    if folder.is_symlink():
+        raise ConfigError(
+            f"{arg}={shown!r}: {folder} is a symbolic link (to {os.readlink(folder)}); a run "
+            "folder must be a real folder inside runs/: remove the link or pick another name"
+        )
+    if os.path.lexists(folder) and not folder.is_dir():
+        raise ConfigError(f"{arg}={shown!r}: {folder} is a file, not a run folder; remove it or "
+                          "pick another name")
+
+
+def claim_run_dir(
+    results_dir: str | os.PathLike[str],
+    run_group: str,
+    run_name: str | None = None,
+    *,
+    resume: bool = False,
+) -> Path:
+    """Claim a folder ``<results_dir>/runs/<name>`` for one run and return it (absolute).
+
+    ``name`` is ``run_name`` (default: ``run_group``) or one of its numbered attempts
+    ``<name>-r2``, ``<name>-r3``, ..., taken in this order:
+
+    1. the newest attempt, when it has no record and no live run holds it, if ``resume`` (an
+       interrupted run resumes in it) or if it is empty;
+    2. an older attempt that is empty (a claim that died before writing anything) and unheld;
+    3. the next number.
+
+    Empty means nothing but the lock file. A folder with a record is never claimed again; one
+    another live process holds is passed over, except that with an explicit ``run_name`` the
+    newest attempt held by a live run is refused, naming the owner (the user asked for that
+    folder). Folders this process holds are its own when resuming. The claim is held until
+    :func:`release_run_dir` or the end of the process.
+
+    Raises:
+        ConfigError: the name is not a plain folder name, ``results_dir`` is a file or not
+            writable, ``runs/<name>`` is a link or a file, or (explicit ``run_name``) another
+            live run holds the folder.
+    """
+    arg = "run_name" if run_name is not None else "run_group"
+    base = check_run_name(run_name if run_name is not None else run_group, arg)
+    results = check_output_folder(results_dir, "results_dir")
+    runs = results / RUNS_DIR
+    if os.path.lexists(runs) and not runs.is_dir():
+        raise ConfigError(f"results_dir={os.fspath(results_dir)!r}: {runs} is a file; runs go in "
+                          "a folder of that name: remove the file or pass another results_dir")
+    _make_folder(runs, "results_dir", os.fspath(results_dir))
+    numbers = sorted(n for entry in os.scandir(runs) if (n := _attempt(entry.name, base)) is not None)
+    first = max(numbers[-1] if numbers else 1, 1)
+    older = [n for n in numbers if n < first]
+    for attempt in itertools.chain([first], older, itertools.count(first + 1)):
+        folder = runs / _numbered(base, attempt)
+        _refuse_link_or_file(folder, arg, base)
+        if (folder / METRICS_FILE).exists() or (attempt < first and _has_files(folder)):
+            continue
+        created = _make_folder(folder, arg, base)
+        resumable = resume and attempt == first
+        ours = held_claim(folder)
+        if ours is not None:
+            if resumable:
+                return ours.path
+            continue  # another run of this process
+        outcome = _lock_new(folder, arg, base, created)
+        if isinstance(outcome, Owner):
+            if run_name is not None and attempt == first:
+                raise ConfigError(
+                    f"run_name={run_name!r}: {folder} is in use by a live run ({outcome}); wait "
+                    "for it to finish, or pick another run_name"
+                )
+            continue
+        if outcome.adopted:  # the folder our parent claimed for us
+            return outcome.path
+        if not (folder / METRICS_FILE).exists() and (created or resumable or not outcome.resumed):
+            return outcome.path
+        outcome.release()  # finished meanwhile, or an abandoned attempt not ours to resume
+    raise AssertionError("unreachable")  # itertools.count never ends
+
+
+def _lock_new(folder: Path, arg: str, shown: str, created: bool) -> RunClaim | Owner:
+    """:func:`_lock` on a folder this call may just have created, which it removes again when
+    the lock cannot be taken at all (so a failed claim leaves no empty folder behind)."""
+    try:
+        return _lock(folder, arg, shown)
+    except ConfigError:
+        if created:
+            (folder / LOCK_FILE).unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
+
+
+def claim_folder(path: str | os.PathLike[str], arg: str = "--run-dir") -> Path:
+    """Claim a folder the user named (``train --run-dir``): created when missing, resumed when
+    it exists; the path is the user's own (links in it are followed), but it must be, or become,
+    a writable folder. Held until :func:`release_run_dir` or the end of the process.
+
+    Raises:
+        ConfigError: ``path`` is a file, lies under one, is not writable, or another live run
+            holds it.
+    """
+    folder = check_output_folder(path, arg)
+    if os.path.lexists(folder) and not folder.is_dir():
+        raise ConfigError(f"{arg}={os.fspath(path)!r} is a file; pass a folder")
+    _make_folder(folder, arg, os.fspath(path))
+    outcome = held_claim(folder) or _lock(folder, arg, os.fspath(path), follow=True)
+    if isinstance(outcome, Owner):
+        raise ConfigError(f"{arg}={os.fspath(path)!r} is in use by a live run ({outcome}); wait for "
+                          "it to finish, or pass another folder")
+    return outcome.path
 
 
 # -- reading records -------------------------------------------------------------------------------
