@@ -265,7 +265,7 @@ def fetch_weights(args: argparse.Namespace) -> int:
 
         names = list(get_profile(args.profile).models)
     else:
-        names = available_models() if args.all else _model_names(args.models)
+        names = available_models() if args.all else _model_names(args.models) or []
     files = fetch.needed_files(names, args.pretrained)
     if not files:
         print(f"nothing to fetch: pretrained={args.pretrained!r} needs no files for "

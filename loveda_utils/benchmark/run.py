@@ -348,7 +348,7 @@ class BenchmarkRun:
             raise ValueError("the record does not meet the contract: " + "; ".join(problems))
         path = self.run_dir / METRICS_FILE
         write_json_atomic(path, record)
-        release_run_dir(self.run_dir)  # the run is over: its folder is never written again
+        release_run_dir(path.parent)  # the run is over: its folder is never written again
         return path
 
 

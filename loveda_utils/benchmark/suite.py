@@ -341,7 +341,7 @@ def _execute(job: Job, gpu: str | None) -> Job:
         env["CUDA_VISIBLE_DEVICES"] = gpu
     # The notebook takes over this process's claim of the folder; papermill holds the lock too,
     # so the folder stays claimed while the notebook runs even if the suite is killed.
-    claim = held_claim(job.run_dir)
+    claim = held_claim(job.run_dir) if job.run_dir else None
     env.update(claim.child_env() if claim else {})
     start = time.perf_counter()
     with open(job.run_dir / "papermill.log", "w") as out:

@@ -152,7 +152,7 @@ def check_output_folder(path: str | os.PathLike[str] | None, arg: str) -> Path:
     while not os.path.lexists(existing):
         existing = existing.parent
     if not existing.is_dir():
-        what = "a broken symbolic link" if existing.is_symlink() else "a file"
+        what = "a broken symbolic link" if not existing.exists() else "a file"
         raise ConfigError(f"{arg}={os.fspath(path)!r}: {existing} is {what}, not a folder; pass a "
                           "folder path")
     if not os.access(existing, os.W_OK | os.X_OK):
@@ -338,6 +338,11 @@ def claim_run_dir(
     newest attempt held by a live run is refused, naming the owner (the user asked for that
     folder). Folders this process holds are its own when resuming. The claim is held until
     :func:`release_run_dir` or the end of the process.
+
+    A run started by another process that planned its folder (the suite's notebook, a SLURM job)
+    claims it again with that ``run_name`` and ``resume=True``: it takes the folder over when its
+    environment carries the planner's :meth:`RunClaim.child_env`, or resumes it once the planner
+    let go.
 
     Raises:
         ConfigError: the name is not a plain folder name, ``results_dir`` is a file or not
