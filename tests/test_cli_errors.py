@@ -128,7 +128,7 @@ def test_export_submission_split(tmp_path: Path, capsys) -> None:
 @pytest.mark.parametrize(
     ("argv", "expected"),
     [
-        (["run-suite", "--profile", "x"], "argument --profile: invalid choice: 'x' (choose from 'quick', 'mmseg')"),
+        (["run-suite", "--profile", "x"], "argument --profile: invalid choice: 'x' (choose from 'quick', 'mmseg'"),
         (["estimate", "--profile", "x"], "invalid choice: 'x'"),
         (["fetch-weights", "--profile", "x"], "invalid choice: 'x'"),
         (["train", "--recipe", "x", "--run-dir", "r"], "argument --recipe: invalid choice: 'x'"),
