@@ -55,7 +55,7 @@ from loveda_utils.runtime import (
     resolve_device,
     synchronize,
 )
-from loveda_utils.training.recipe import get_recipe
+from loveda_utils.training.recipe import Recipe, get_recipe
 from loveda_utils.training.trainer import build_datamodule, fit
 
 from .pipeline.ceiling import ours_seconds, time_ceiling
@@ -129,7 +129,7 @@ def _fit_data(ctx: Context) -> None:
     ctx.fit_root, ctx.fit_source = root, f"synthetic mini-LoveDA at {args.tile_size} px"
 
 
-def _datamodule(ctx: Context, recipe) -> LoveDADataModule:
+def _datamodule(ctx: Context, recipe: Recipe) -> LoveDADataModule:
     return build_datamodule(
         recipe, ctx.fit_root, train_scenes=ctx.fit_scenes, eval_split=ctx.fit_eval_split,
         eval_scenes=ctx.fit_scenes, num_workers=None,

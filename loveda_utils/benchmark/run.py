@@ -260,16 +260,18 @@ class BenchmarkRun:
         images in fp32 at this row's crop, in a fresh process), parameters and multiply-adds,
         as in README, "The protocol"."""
         c = self.config
+        device = _require(self.device, "prepare")
         model = self._model()
-        size = c.fps_size or self.datamodule.eval_tile_size()[0]
-        timing = {"size": size, "n_images": c.fps_images, "warmup": c.fps_warmup}
-        speed = measure_fps(model, device=self.device, **timing)
+        size = c.fps_size or _require(self.datamodule, "prepare").eval_tile_size()[0]
+        n, warmup = c.fps_images, c.fps_warmup
+        speed = measure_fps(model, size=size, n_images=n, warmup=warmup, device=device)
         # The same timing as evaluate() runs the model (its AMP and memory-format rules).
-        fast = measure_fps_fast(model, device=self.device, channels_last=c.channels_last, **timing)
+        fast = measure_fps_fast(model, size=size, n_images=n, warmup=warmup, device=device,
+                                channels_last=c.channels_last)
         memory = None
         if c.mem_steps:
             crop = _require(self.trained_as, "prepare").crop_size
-            memory = measure_training_memory(c.model, crop, self.device, steps=c.mem_steps)
+            memory = measure_training_memory(c.model, crop, device, steps=c.mem_steps)
         self.measurement = Measurement(
             speed=speed, speed_fast=fast, memory=memory, params_m=count_params(model),
             complexity=count_complexity(model, size=c.flops_size),
