@@ -3,7 +3,7 @@
 Training, evaluation and the table's timings all ask this module, so they agree: one AMP policy
 (:func:`amp_dtype`, and :func:`training_precision` for Lightning), one synchronisation before a clock is read (:func:`synchronize`), one rule for
 channels-last memory (:func:`default_channels_last`), one device name for the table, one memory
-counter for processes without CUDA (:func:`peak_rss_gb`).
+counter for processes without CUDA (:func:`peak_rss_gb`, :func:`rss_gb`).
 """
 
 from __future__ import annotations
@@ -68,6 +68,33 @@ def peak_rss_gb() -> float:
     """Peak resident memory of this process so far, in GiB."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / GB if sys.platform == "darwin" else peak * 1024 / GB  # bytes on macOS, KiB on Linux
+
+
+def rss_gb(field: str = "VmRSS") -> float:
+    """Resident memory of this process (GiB) from /proc/self/status: ``VmRSS`` now, ``VmHWM``
+    its peak (since :func:`reset_peak_rss`); 0 where /proc is unavailable."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(f"{field}:"):
+                    return int(line.split()[1]) * 1024 / GB  # the value is in kB
+    except OSError:
+        pass
+    return 0.0
+
+
+def reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS mark (Linux >= 4.0), so ``VmHWM`` then measures from now.
+
+    A process started by another one needs it: ``ru_maxrss`` carries the parent's size over
+    fork + exec, ``VmHWM`` after this reset is the process's own peak. False where unsupported.
+    """
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
 
 
 def amp_dtype(device: torch.device, amp: bool | torch.dtype | None = None) -> torch.dtype | None:

@@ -9,7 +9,7 @@ import statistics
 
 import torch
 
-from loveda_utils.benchmark.measure import measure_fps
+from loveda_utils.benchmark.measure import InferenceSettings, measure_fps
 
 from .report import Ratio, Report, Row, progress
 from .settings import Settings, random_model
@@ -17,7 +17,8 @@ from .timing import interleave, paired_ratio
 
 
 def measure_fps_check(report: Report, args: argparse.Namespace, settings: Settings) -> None:
-    """Section 5: ``measure_fps`` (median fps) against ``torch.utils.benchmark.Timer``."""
+    """Section 5: ``measure_fps`` (its median per-image fps, under the run's settings) against
+    ``torch.utils.benchmark.Timer``."""
     from torch.utils import benchmark
 
     name, size = args.fps_model, args.fps_size
@@ -29,6 +30,9 @@ def measure_fps_check(report: Report, args: argparse.Namespace, settings: Settin
     if settings.channels_last:
         image = image.contiguous(memory_format=torch.channels_last)
     budget: list[float] = []
+    timing = InferenceSettings(
+        settings.amp_dtype, settings.channels_last, torch.backends.cudnn.benchmark
+    )
 
     def ours() -> float:
         speed = measure_fps(
@@ -37,11 +41,10 @@ def measure_fps_check(report: Report, args: argparse.Namespace, settings: Settin
             n_images=args.fps_images,
             warmup=5,
             device=settings.device,
-            channels_last=settings.channels_last,
-            amp=settings.amp_dtype is not None,
+            settings=timing,
         )
         budget.append(args.fps_images / speed.fps)
-        return 1.0 / speed.fps  # seconds per image (median)
+        return 1.0 / speed.fps_median  # seconds per image (median)
 
     def independent() -> float:
         timer = benchmark.Timer(

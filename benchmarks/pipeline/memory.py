@@ -18,35 +18,12 @@ from loveda_utils.data.datamodule import LoveDADataModule
 from loveda_utils.evaluation.inference import evaluate
 from loveda_utils.models import build_model
 from loveda_utils.paths import PROJECT_ROOT
-from loveda_utils.runtime import GB, peak_rss_gb
+from loveda_utils.runtime import GB, peak_rss_gb, reset_peak_rss, rss_gb
 
 from .report import Ratio, Report, Row, progress
 from .settings import Settings
 from .tiles import TileStore
 from .timing import timed
-
-
-def rss_gb(field: str = "VmRSS") -> float:
-    """Resident memory of this process (GiB) from /proc/self/status: ``VmRSS`` now, ``VmHWM``
-    its peak; 0 where /proc is unavailable."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(f"{field}:"):
-                    return int(line.split()[1]) * 1024 / GB  # the value is in kB
-    except OSError:
-        pass
-    return 0.0
-
-
-def reset_peak_rss() -> bool:
-    """Reset the kernel's peak-RSS mark (Linux >= 4.0), so ``VmHWM`` then measures from now."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
 
 
 def memory_child(spec_json: str) -> None:

@@ -39,12 +39,20 @@ from ..results.store import (
     run_group_for,
 )
 from ..results.uncertainty import save_run_tiles, uncertainty_fields
-from ..runtime import default_channels_last, resolve_device
+from ..runtime import resolve_device
 from ..training.checkpoint import LoadedCheckpoint, load_checkpoint
 from ..training.task import SegmentationTask
 from ..training.trainer import TrainOutcome, build_datamodule, fit
 from .config import BenchmarkConfig
-from .measure import SpeedResult, count_gflops, count_params, measure_fps
+from .measure import (
+    Complexity,
+    SpeedResult,
+    count_complexity,
+    count_params,
+    measure_fps,
+    measure_fps_fast,
+)
+from .memory import TrainingMemory, measure_training_memory
 
 #: Packages whose versions go into every record.
 VERSIONED = ("torch", "torchvision", "torchgeo", "segmentation-models-pytorch", "timm", "lightning",
@@ -71,12 +79,17 @@ class Evaluation:
 
 @dataclass(frozen=True)
 class Measurement:
-    """Inference speed, size and cost of the model (README, "The protocol")."""
+    """Speed, training memory, size and cost of the model (README, "The protocol").
+
+    ``speed`` is MMSeg's Inf time, ``speed_fast`` the same timing under this package's
+    inference settings; ``memory`` is MMSeg's Mem (``None`` when ``mem_steps=0``).
+    """
 
     speed: SpeedResult
+    speed_fast: SpeedResult
+    memory: TrainingMemory | None
     params_m: float
-    gflops: float
-    flops_size: int
+    complexity: Complexity
 
 
 @dataclass
@@ -259,19 +272,25 @@ class BenchmarkRun:
     # -- 4. measurements -----------------------------------------------------------------------
 
     def measure(self) -> Measurement:
-        """fps (median, spread), parameters and FLOPs, as in README, "The protocol"."""
+        """fps by MMSeg's definition and under our settings, MMSeg's Mem (a probe training 4
+        images in fp32 at this row's crop, in a fresh process), parameters and multiply-adds,
+        as in README, "The protocol"."""
         c = self.config
+        device = _require(self.device, "prepare")
         model = self._model()
-        size = c.fps_size or self.datamodule.eval_tile_size()[0]
-        # Time the model as evaluate() runs it (same memory-format rule).
-        channels_last = c.channels_last
-        if channels_last is None:
-            channels_last = default_channels_last(self.device)
-        speed = measure_fps(model, size=size, n_images=c.fps_images, warmup=c.fps_warmup,
-                            device=self.device, channels_last=channels_last)
+        size = c.fps_size or _require(self.datamodule, "prepare").eval_tile_size()[0]
+        n, warmup = c.fps_images, c.fps_warmup
+        speed = measure_fps(model, size=size, n_images=n, warmup=warmup, device=device)
+        # The same timing as evaluate() runs the model (its AMP and memory-format rules).
+        fast = measure_fps_fast(model, size=size, n_images=n, warmup=warmup, device=device,
+                                channels_last=c.channels_last)
+        memory = None
+        if c.mem_steps:
+            crop = _require(self.trained_as, "prepare").crop_size
+            memory = measure_training_memory(c.model, crop, device, steps=c.mem_steps)
         self.measurement = Measurement(
-            speed=speed, params_m=count_params(model), gflops=count_gflops(model, size=c.flops_size),
-            flops_size=c.flops_size,
+            speed=speed, speed_fast=fast, memory=memory, params_m=count_params(model),
+            complexity=count_complexity(model, size=c.flops_size),
         )
         return self.measurement
 
@@ -286,7 +305,7 @@ class BenchmarkRun:
         measurement = _require(self.measurement, "measure")
         spec, model = get_spec(c.model), training.task.model
         single, ms = evaluation.single, evaluation.ms_flip
-        speed = measurement.speed
+        speed, fast, memory = measurement.speed, measurement.speed_fast, measurement.memory
         dataset = self.datamodule.describe()
         dataset["n_images"] = single.n_images
         ci = uncertainty_fields(single, ms)
@@ -303,12 +322,18 @@ class BenchmarkRun:
             "crop_size": trained_as.crop_size,
             "lr_schd": trained_as.lr_schd,
             "batch_size": trained_as.batch_size,
-            "mem_gb": training.peak_memory_gb,
-            "mem_source": training.memory_source,
+            "mem_gb": memory.gb if memory else None,
+            "mem_source": memory.source if memory else None,
+            "mem_protocol": memory.protocol() if memory else None,
+            "train_mem_gb": training.peak_memory_gb,
             "fps": speed.fps,
             "fps_spread": speed.fps_spread,
             "fps_size": speed.size,
             "fps_images": speed.n_images,
+            "fps_warmup": speed.warmup,
+            "fps_fast": fast.fps,
+            "fps_fast_spread": fast.fps_spread,
+            "fps_fast_settings": fast.settings.to_dict(),
             "device": speed.device,
             "precision": training.precision,
             "amp": speed.amp,
@@ -325,8 +350,9 @@ class BenchmarkRun:
             "per_scene_miou_ci": ci["per_scene_miou_ci"],
             "bootstrap": ci["bootstrap"],
             "params_m": measurement.params_m,
-            "gflops": measurement.gflops,
-            "flops_size": measurement.flops_size,
+            "gmacs": measurement.complexity.gmacs,
+            "gflops": measurement.complexity.gflops,
+            "flops_size": measurement.complexity.size,
             "eval_mode": c.eval_mode,
             "dataset": dataset,
             "train_seconds": training.seconds,

@@ -177,8 +177,10 @@ class SegmentationModel(nn.Module):
         return (images.to(self.mean.dtype) - self.mean) / self.std
 
     def _logits(self, images: Tensor, with_aux: bool) -> tuple[Tensor, Tensor | None]:
-        height, width = images.shape[-2:]
-        x = self.normalize(images)
+        return self._logits_of_normalized(self.normalize(images), with_aux)
+
+    def _logits_of_normalized(self, x: Tensor, with_aux: bool) -> tuple[Tensor, Tensor | None]:
+        height, width = x.shape[-2:]
         pad_h, pad_w = -height % self._stride, -width % self._stride
         if pad_h or pad_w:
             x = F.pad(x, (0, pad_w, 0, pad_h))
@@ -191,6 +193,11 @@ class SegmentationModel(nn.Module):
     def forward(self, images: Tensor) -> Tensor:
         """Logits ``[B, num_classes, H, W]`` for 0..255 RGB ``images`` (no auxiliary head)."""
         return self._logits(images, with_aux=False)[0]
+
+    def forward_normalized(self, x: Tensor) -> Tensor:
+        """``forward`` of images already normalised by :meth:`normalize`: what MMSeg's
+        ``benchmark.py`` times (its data preprocessor normalises before the clock starts)."""
+        return self._logits_of_normalized(x, with_aux=False)[0]
 
     def forward_train(self, images: Tensor) -> tuple[Tensor, Tensor | None]:
         """``(logits, aux_logits or None)``, both at the input resolution."""

@@ -1,10 +1,11 @@
 """The results table's protocol footnote, written from what the records say.
 
 Each setting the footnote states (evaluated split and tiles, inference mode, whether ms+flip ran,
-the timing's input size, image count and precision, where the memory figure comes from, the
-FLOPs input size) is read from the rows' records. When the rows agree the footnote states the
-setting once; when they differ it names the rows of each value, so a table mixing protocols says
-so instead of claiming one. Units come from :data:`~loveda_utils.results.schema.FIELDS`.
+the timing's input size and image counts, the fast timing's settings, how the memory figure was
+measured, the multiply-adds' input size) is read from the rows' records; records written before
+a definition changed (schema 1: median fps, the run's own training memory) say so in their
+row's setting. When the rows agree the footnote states the setting once; when they differ it
+names the rows of each value, so a table mixing protocols says so instead of claiming one. Units come from :data:`~loveda_utils.results.schema.FIELDS`.
 """
 
 from __future__ import annotations
@@ -38,23 +39,61 @@ def _evaluation(record: Mapping[str, Any]) -> str:
     return f"{dataset['split']} ({dataset['n_images']} tiles), {mode}"
 
 
+#: How Inf time is measured since schema 2, and how records written before measured it.
+MMSEG_TIMING = (
+    "MMSeg's definition (tools/analysis_tools/benchmark.py: fp32, NCHW, cudnn.benchmark off; "
+    "each image normalised, then forward + resize + argmax timed with the device synchronised; "
+    "timed images / their total time)"
+)
+MEDIAN_TIMING = "the median per-image speed of forward + argmax, normalisation included"
+
+
+def _median_timed(record: Mapping[str, Any]) -> bool:
+    """Whether ``record`` (schema 1) holds the median fps rather than MMSeg's figure."""
+    return "fps_warmup" not in record
+
+
 def _timing(record: Mapping[str, Any]) -> str:
-    size = record["fps_size"]
-    precision = "mixed precision (autocast)" if record["amp"] else "full precision"
-    return f"{record['fps_images']} images of {size}x{size}, {precision}"
+    size, images = record["fps_size"], record["fps_images"]
+    if _median_timed(record):
+        precision = "mixed precision (autocast)" if record["amp"] else "full precision"
+        return f"{images} images of {size}x{size}, {precision}"
+    return f"{images} images after {record['fps_warmup']} warm-up, {size}x{size}"
+
+
+def _fast(record: Mapping[str, Any]) -> str:
+    settings = record.get("fps_fast_settings")
+    if record.get("fps_fast") is None or not settings:
+        return "not measured"
+    precision = settings["precision"]
+    return (
+        f"{precision if precision == 'fp32' else precision + ' autocast'}, "
+        f"{'channels-last' if settings['channels_last'] else 'NCHW'}, cudnn.benchmark "
+        f"{'on' if settings['cudnn_benchmark'] else 'off'}"
+    )
 
 
 def _memory(record: Mapping[str, Any]) -> str:
     if record.get("mem_gb") is None:
-        return "not measured, checkpoint only evaluated"
+        return "not measured"
     source = record.get("mem_source") or "source not recorded"
-    precision = record.get("precision") or "precision not recorded"
-    return f"{source}, training batch {record['batch_size']}, precision {precision}"
+    probe = record.get("mem_protocol")
+    if probe is None:  # schema 1: the run's own training
+        precision = record.get("precision") or "precision not recorded"
+        return f"{source} of the run's own training, batch {record['batch_size']}, {precision}"
+    crop = probe["crop"]
+    return (
+        f"as MMSeg's, whatever schedule the row trained with: {source} over {probe['steps']} "
+        f"steps training {probe['batch']} images of {crop}x{crop} in {probe['precision']} "
+        f"({probe['optimizer']}) in a fresh process"
+    )
 
 
 def _flops(record: Mapping[str, Any]) -> str:
+    if record.get("gmacs") is None:
+        return "not counted (the record predates the field)"
     size = record["flops_size"]
-    return f"1x3x{size}x{size}"
+    return f"one forward pass at 1x3x{size}x{size}"
 
 
 def _bootstrap(record: Mapping[str, Any]) -> str:
@@ -116,10 +155,26 @@ def protocol_notes(records: Sequence[Record], labels: Sequence[str]) -> list[str
             f"mIoU(ms+flip): mean softmax over scales {_scales()} of the tile, each also "
             f"flipped horizontally{not_run}."
         )
+    median = [label for r, label in zip(records, labels) if _median_timed(r)]
+    if len(median) == len(records):
+        definition = MEDIAN_TIMING
+    else:
+        definition = MMSEG_TIMING
+        if median:
+            definition += f", except {', '.join(median)} (recorded before: {MEDIAN_TIMING})"
+    notes.append(
+        f"Inf time ({field_named('fps').unit}) ± the interquartile range of per-image speed, "
+        f"batch 1, {definition}: over {setting(_timing)}. Device is the device timed."
+    )
+    if any(r.get("fps_fast") is not None for r in records):
+        notes.append(
+            "Inf time, fast: the same timing under this package's inference settings (not "
+            f"MMSeg's figure): {setting(_fast)}."
+        )
     notes += [
-        f"Inf time: median ± interquartile range of per-image speed ({field_named('fps').unit}), "
-        f"batch 1, over {setting(_timing)}; Device is the device timed.",
         f"Mem (GB): peak training memory in {field_named('mem_gb').unit}: {setting(_memory)}.",
-        f"GFLOPs ({field_named('gflops').unit}): one forward pass at {setting(_flops)}.",
+        f"GMACs ({field_named('gmacs').unit}), counted as MMSeg's get_flops counts its GFLOPs "
+        "(mmengine: a multiply-add is one, plus per-element terms for normalisation, "
+        f"upsampling and pooling): {setting(_flops)}.",
     ]
     return notes

@@ -115,20 +115,51 @@ FIELDS: tuple[Field, ...] = (
     Field("lr_schd", "int", "training iterations (the checkpoint's global step when it was only "
        "evaluated here)"),
     Field("batch_size", "int", "training batch size"),
-    Field("mem_gb", "float", f"peak training memory (`mem_source`); {_NOT_TRAINED}",
+    Field("mem_gb", "float", "MMSeg's Mem: peak memory of training 4 images in fp32 at "
+       "`crop_size`, whatever schedule the run used (a probe in a fresh process, "
+       "`mem_protocol`; schema 1: the run's own training peak); null when not measured",
        nullable=True, unit="GiB"),
     Field("mem_source", "str", "how `mem_gb` was read: `torch.cuda.max_memory_allocated` on CUDA, "
-       f"`peak RSS` (the process's peak resident memory) elsewhere; {_NOT_TRAINED}",
+       "`peak RSS` (peak resident memory of the probe process; schema 1: of the run) elsewhere; null "
+       "when not measured",
        nullable=True),
-    Field("fps", "float", "median inference speed at batch 1: forward + argmax on a "
-       "`fps_size` px square, device synchronised, data loading not timed", unit="images/s"),
-    Field("fps_spread", "float", "interquartile range of the per-image fps", unit="images/s"),
+    Field("mem_protocol", "object", "the setting `mem_gb` was measured at; null when not measured",
+       nullable=True, since=2, fields=(
+        Field("batch", "int", "training images per step (MMSeg: 4 per GPU)"),
+        Field("crop", "int", "training crop side", unit="px"),
+        Field("precision", "str", "Lightning precision of the probe", choices=("32-true",)),
+        Field("steps", "int", "optimiser steps the peak was taken over"),
+        Field("optimizer", "str", "optimiser of the probe (its state is in the peak)"),
+        Field("cudnn_benchmark", "bool", "`torch.backends.cudnn.benchmark` during the probe "
+              "(MMSeg trains with it on)"),
+    )),
+    Field("train_mem_gb", "float", "peak memory of this run's own training (its `batch_size` and "
+       "`precision`; `torch.cuda.max_memory_allocated` on CUDA, the process's peak RSS "
+       f"elsewhere); {_NOT_TRAINED}", nullable=True, unit="GiB", since=2),
+    Field("fps", "float", "MMSeg's Inf time (`tools/analysis_tools/benchmark.py`): timed images / "
+       "their total time, batch 1 on a `fps_size` px square, fp32, NCHW, cudnn.benchmark off; "
+       "forward + resize + argmax timed with the device synchronised, normalisation outside "
+       "the timer (schema 1: the median per-image fps under `amp`)", unit="images/s"),
+    Field("fps_spread", "float", "interquartile range of the per-image fps of that timing",
+       unit="images/s"),
     Field("fps_size", "int", "side of the square input `fps` was timed on", unit="px"),
-    Field("fps_images", "int", "timed images (after untimed warm-up passes)"),
+    Field("fps_images", "int", "timed images (after `fps_warmup` untimed passes; MMSeg: 195 "
+       "after 5)"),
+    Field("fps_warmup", "int", "untimed passes before the timed images", since=2),
+    Field("fps_fast", "float", "the `fps` timing under this package's inference settings "
+       "(`fps_fast_settings`): a separate figure, not MMSeg's", unit="images/s", since=2),
+    Field("fps_fast_spread", "float", "interquartile range of the per-image fps of `fps_fast`",
+       unit="images/s", since=2),
+    Field("fps_fast_settings", "object", "how `fps_fast` ran", since=2, fields=(
+        Field("precision", "str", "`fp32` or the autocast dtype", choices=("fp32", "fp16", "bf16")),
+        Field("channels_last", "bool", "model and input in channels-last memory format"),
+        Field("cudnn_benchmark", "bool", "`torch.backends.cudnn.benchmark` during the timing"),
+    )),
     Field("device", "str", "name of the device `fps` was timed on (the table's Device)"),
     Field("precision", "str", "Lightning precision of training (`32-true`, `16-mixed`, ...); "
        f"{_NOT_TRAINED}", nullable=True),
-    Field("amp", "bool", "whether `fps` was timed under autocast (mixed precision)"),
+    Field("amp", "bool", "whether `fps` was timed under autocast (false from schema 2: MMSeg "
+       "times fp32)"),
     Field("miou", "fraction", "mean IoU over the classes (`eval_mode` inference); null when no "
        "pixel was evaluated", nullable=True),
     Field("miou_ms_flip", "fraction", "mIoU with multi-scale + flip test-time augmentation; null "
@@ -158,10 +189,15 @@ FIELDS: tuple[Field, ...] = (
               choices=("percentile",)),
     ), since=2),
     Field("params_m", "float", "parameters (every tensor a checkpoint saves)", unit="millions"),
-    Field("gflops", "float", "one forward pass at 1x3x`flops_size`x`flops_size`; MMSeg's "
-       "counters report multiply-adds (halve to compare)",
+    Field("gmacs", "float", "multiply-adds of one forward pass at 1x3x`flops_size`x`flops_size`, "
+       "counted as MMSeg's `get_flops` (mmengine) counts its \"FLOPs\": a multiply-add is one, "
+       "plus mmengine's per-element terms for normalisation, upsampling and adaptive pooling",
+       unit="1e9 multiply-adds", since=2),
+    Field("gflops", "float", "`torch.utils.flop_counter` on the same pass: 2 per multiply-add of "
+       "convolutions, linear layers, matrix products and attention, nothing else counted",
        unit="1e9 FLOPs, a multiply-add counted as 2"),
-    Field("flops_size", "int", "side of the square input `gflops` was counted at", unit="px"),
+    Field("flops_size", "int", "side of the square input `gmacs` and `gflops` were counted at",
+       unit="px"),
     Field("eval_mode", "str", "`whole`: each tile in one pass; `slide`: overlapping windows "
        "(`config.slide_window`, `config.slide_stride`)", choices=get_args(Mode)),
     Field("dataset", "object", "what was evaluated", fields=(

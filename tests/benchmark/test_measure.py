@@ -1,6 +1,8 @@
 """The table's measuring protocol (loveda_utils/benchmark/measure.py, DESIGN section 3) and its
-units: fps statistics from a scripted clock, FLOPs of a model whose count is known by hand,
-parameters in millions, memory in GiB (peak RSS and the CUDA allocator's peak, both mocked).
+units: fps by MMSeg's definition from a scripted clock (timed images / their total time, the
+warm-up excluded, normalisation outside the clock, fp32 NCHW with cudnn's autotuner off), the
+fast figure's settings, multiply-adds of models whose count is known by hand, parameters in
+millions, memory in GiB (peak RSS and the CUDA allocator's peak, both mocked).
 
 Nothing here times anything real: the clock is scripted, so every expected value is exact.
 """
@@ -11,15 +13,25 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from loveda_utils import runtime
 from loveda_utils.benchmark import measure
-from loveda_utils.benchmark.measure import count_gflops, count_params, measure_fps
+from loveda_utils.benchmark.measure import (
+    MMSEG_SETTINGS,
+    InferenceSettings,
+    count_complexity,
+    count_params,
+    fast_settings,
+    measure_fps,
+    measure_fps_fast,
+)
+from loveda_utils.models import build_model
 from loveda_utils.training.callbacks import PeakMemoryMonitor
 
 # --------------------------------------------------------------------------------------------
-# fps: median and interquartile range over the timed images, warm-up excluded
+# fps: MMSeg's definition, timed images over their total time, warm-up excluded
 # --------------------------------------------------------------------------------------------
 
 
@@ -45,19 +57,42 @@ class ScriptedClock:
 
 
 class ScriptedModel(nn.Module):
-    """Each forward pass takes the next scripted duration (in seconds of the scripted clock)."""
+    """Each forward pass takes the next scripted duration (in seconds of the scripted clock)
+    and notes the state it ran in (cudnn's autotuner, autocast, the input's dtype and layout)."""
 
     def __init__(self, clock: ScriptedClock, durations: list[float]) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.zeros(1))
         self.clock = clock
         self.durations = list(durations)
+        self.seen: list[tuple[bool, bool, torch.dtype, bool]] = []
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         self.clock.events.append("forward")
         self.clock.now += self.durations.pop(0)
+        self.seen.append((
+            torch.backends.cudnn.benchmark,
+            torch.is_autocast_enabled("cpu"),
+            images.dtype,
+            images.is_contiguous(memory_format=torch.channels_last),
+        ))  # fmt: skip
         b, _, h, w = images.shape
         return torch.zeros(b, 2, h, w)
+
+
+class ScriptedRegistryModel(ScriptedModel):
+    """A model with the registry wrapper's split: ``normalize`` (slow on the scripted clock:
+    counted, it would move fps) and ``forward_normalized``."""
+
+    NORMALIZE_SECONDS = 1000.0
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        self.clock.events.append("normalize")
+        self.clock.now += self.NORMALIZE_SECONDS
+        return images.float() / 255
+
+    def forward_normalized(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward(x)
 
 
 @pytest.fixture
@@ -74,18 +109,26 @@ WARMUP = [64.0, 64.0]
 TIMED = [1.0, 0.125, 2.0, 0.25, 0.5]
 
 
-def test_fps_is_the_median_over_timed_images_and_spread_their_iqr(clock: ScriptedClock) -> None:
+def test_fps_is_the_timed_images_over_their_total_time(clock: ScriptedClock) -> None:
     model = ScriptedModel(clock, WARMUP + TIMED)
     speed = measure_fps(model, size=8, n_images=len(TIMED), warmup=len(WARMUP), device="cpu")
     assert model.durations == []  # exactly warm-up + timed passes ran
-    # Median per-image time 0.5 s -> 2 fps (per-image fps 8, 4, 2, 1, 0.5: the median is 2).
-    assert speed.fps == pytest.approx(2.0, rel=1e-12)
-    # Interquartile range of the per-image fps [0.5, 1, 2, 4, 8] (statistics.quantiles'
-    # default "exclusive" method, as the module uses): Q1 = 0.75, Q3 = 6.
+    # MMSeg's benchmark.py: (i + 1 - num_warmup) / pure_inf_time = 5 images / 3.875 s.
+    assert speed.fps == pytest.approx(5 / 3.875, rel=1e-12)
+    # Per-image fps [0.5, 1, 2, 4, 8]: median 2; interquartile range (statistics.quantiles'
+    # default "exclusive" method, as the module uses) Q3 - Q1 = 6 - 0.75.
+    assert speed.fps_median == pytest.approx(2.0, rel=1e-12)
     assert speed.fps_spread == pytest.approx(5.25, rel=1e-12)
-    assert speed.fps_mean == pytest.approx(len(TIMED) / sum(TIMED), rel=1e-12)
     assert (speed.n_images, speed.warmup, speed.size) == (5, 2, 8)
-    assert speed.amp is False and speed.channels_last is False
+    assert speed.settings == MMSEG_SETTINGS and speed.amp is False
+
+
+def test_fps_defaults_are_mmsegs_200_images_the_first_5_untimed(clock: ScriptedClock) -> None:
+    model = ScriptedModel(clock, [64.0] * 5 + [0.25] * 195)
+    speed = measure_fps(model, size=8, device="cpu")
+    assert model.durations == []  # 200 passes in all
+    assert (speed.n_images, speed.warmup) == (195, 5)
+    assert speed.fps == pytest.approx(4.0, rel=1e-12)  # 195 images in 48.75 s
 
 
 def test_fps_of_one_image_has_no_spread(clock: ScriptedClock) -> None:
@@ -102,26 +145,113 @@ def test_every_timed_pass_is_synchronised_before_each_clock_read(clock: Scripted
     for k in forwards:
         # The clock starts after the device is idle, and stops only after it is idle again.
         assert events[k - 2 : k] == ["sync", "clock"], events[k - 2 : k + 3]
-        after = events[k + 1 :]
-        assert after[0] == "sync", after[:3]
-    for k in forwards[len(WARMUP) :]:
-        assert events[k + 1 : k + 3] == ["sync", "clock"]  # each timed pass's stop
+        assert events[k + 1 : k + 3] == ["sync", "clock"], events[k : k + 3]
     assert set(clock.synced) == {torch.device("cpu")}
 
 
-def test_fps_refuses_zero_images() -> None:
+def test_normalisation_runs_before_the_clock_starts(clock: ScriptedClock) -> None:
+    model = ScriptedRegistryModel(clock, WARMUP + TIMED)
+    speed = measure_fps(model, size=8, n_images=5, warmup=2, device="cpu")
+    # Each pass: normalise, then synchronise and start the clock, run, synchronise, stop.
+    per_pass = ["normalize", "sync", "clock", "forward", "sync", "clock"]
+    assert clock.events == per_pass * (len(WARMUP) + len(TIMED))
+    # 1000 s of normalisation per image are not in the figure.
+    assert speed.fps == pytest.approx(5 / 3.875, rel=1e-12)
+
+
+def test_fps_runs_fp32_nchw_with_cudnn_benchmark_off_then_restores_both(
+    clock: ScriptedClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", True)
+    model = ScriptedModel(clock, [0.5] * 3)
+    model.conv = nn.Conv2d(3, 4, 3).to(memory_format=torch.channels_last)  # stored channels-last
+    model.train()
+    measure_fps(model, size=8, n_images=2, warmup=1, device="cpu")
+    # (cudnn.benchmark, autocast, input dtype, input channels-last) during every pass.
+    assert model.seen == [(False, False, torch.float32, False)] * 3
+    assert torch.backends.cudnn.benchmark is True  # the caller's setting comes back
+    assert model.conv.weight.is_contiguous(memory_format=torch.channels_last)
+    assert model.training  # and so do the model's mode and memory format
+
+
+def test_other_settings_time_under_autocast_and_channels_last(clock: ScriptedClock) -> None:
+    model = ScriptedModel(clock, [0.5] * 2)
+    settings = InferenceSettings(amp_dtype=torch.bfloat16, channels_last=True, cudnn_benchmark=True)
+    speed = measure_fps(model, size=8, n_images=1, warmup=1, device="cpu", settings=settings)
+    assert model.seen == [(True, True, torch.float32, True)] * 2
+    assert speed.amp is True
+    assert speed.settings.to_dict() == {
+        "precision": "bf16", "channels_last": True, "cudnn_benchmark": True,
+    }  # fmt: skip
+
+
+def test_fast_settings_are_the_runtime_policy(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The CPU: no autocast by default, channels-last (oneDNN); cudnn's autotuner off.
+    assert fast_settings("cpu") == InferenceSettings(None, True, False)
+    assert fast_settings("cpu", channels_last=False) == InferenceSettings(None, False, False)
+    # CUDA: autocast (fp16 where bf16 is not native) and channels-last for the tensor cores.
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: False)
+    assert fast_settings("cuda") == InferenceSettings(torch.float16, True, False)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
+    assert fast_settings("cuda").precision == "bf16"
+
+
+def test_fast_figure_times_under_fast_settings(clock: ScriptedClock) -> None:
+    model = ScriptedModel(clock, [0.5] * 2)
+    speed = measure_fps_fast(model, size=8, n_images=1, warmup=1, device="cpu")
+    assert speed.settings == fast_settings("cpu")
+    assert model.seen == [(False, False, torch.float32, True)] * 2
+
+
+def test_fps_refuses_zero_images_or_negative_warmup() -> None:
     with pytest.raises(ValueError, match="n_images=0"):
         measure_fps(nn.Conv2d(3, 2, 1), size=8, n_images=0, device="cpu")
+    with pytest.raises(ValueError, match="warmup=-1"):
+        measure_fps(nn.Conv2d(3, 2, 1), size=8, n_images=1, warmup=-1, device="cpu")
+
+
+def test_a_registry_model_is_timed_on_normalised_images(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = build_model("lraspp_mobilenet_v3_large").eval()
+    images = torch.randint(0, 256, (1, 3, 32, 32), dtype=torch.uint8)
+    with torch.no_grad():  # the split the timing uses gives the model's own output
+        assert torch.equal(model.forward_normalized(model.normalize(images)), model(images))
+    calls: list[str] = []
+    normalize, forward_normalized = model.normalize, model.forward_normalized
+    monkeypatch.setattr(model, "normalize", lambda x: calls.append("normalize") or normalize(x))
+    monkeypatch.setattr(
+        model, "forward_normalized", lambda x: calls.append("forward") or forward_normalized(x)
+    )
+    speed = measure_fps(model, size=32, n_images=2, warmup=1, device="cpu")
+    assert calls == ["normalize", "forward"] * 3 and speed.fps > 0
 
 
 # --------------------------------------------------------------------------------------------
-# FLOPs and parameters
+# Multiply-adds (MMSeg's "GFLOPs"), FLOPs and parameters
 # --------------------------------------------------------------------------------------------
+
+
+class AsFloat(nn.Module):
+    """``module`` on uint8 images (the data contract) converted to float."""
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.module = module
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.module(images.float())
+
+
+def test_gmacs_of_a_1x1_conv_are_its_multiply_adds() -> None:
+    size = 16
+    count = count_complexity(AsFloat(nn.Conv2d(3, 4, 1, bias=False)), size=size, device="cpu")
+    multiply_adds = 3 * 4 * size * size  # one per input channel, output channel and pixel
+    assert count.gmacs == pytest.approx(multiply_adds / 1e9, rel=1e-12)
+    assert count.gflops == pytest.approx(2 * multiply_adds / 1e9, rel=1e-12)
+    assert count.size == size
 
 
 class PixelwiseNet(nn.Module):
-    """uint8 images (the data contract) through a 1x1 conv and a per-pixel Linear, no biases:
-    ``3*4 + 4*5`` multiply-adds per pixel."""
+    """A 1x1 conv and a per-pixel Linear, no biases: ``3*4 + 4*5`` multiply-adds per pixel."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -133,17 +263,56 @@ class PixelwiseNet(nn.Module):
         return self.linear(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 
 
-def test_gflops_count_two_flops_per_multiply_add() -> None:
+def test_linear_layers_count_once_per_multiply_add_and_scale_with_pixels() -> None:
     size = 16
-    multiply_adds = (3 * 4 + 4 * 5) * size * size
-    assert count_gflops(PixelwiseNet(), size=size, device="cpu") == pytest.approx(
-        2 * multiply_adds / 1e9, rel=1e-12
+    count = count_complexity(PixelwiseNet(), size=size, device="cpu")
+    assert count.gmacs == pytest.approx((3 * 4 + 4 * 5) * size * size / 1e9, rel=1e-12)
+    large = count_complexity(PixelwiseNet(), size=4 * size, device="cpu")
+    assert large.gmacs == pytest.approx(16 * count.gmacs, rel=1e-12)
+
+
+class ElementwiseNet(nn.Module):
+    """A 1x1 conv, then the layers mmengine gives per-element terms."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, kernel_size=1, bias=False)
+        self.bn = nn.BatchNorm2d(4)
+        self.bn_plain = nn.BatchNorm2d(4, affine=False)
+        self.gn = nn.GroupNorm(2, 4)
+        self.ln = nn.LayerNorm(4)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = self.bn_plain(self.bn(self.conv(images.float())))
+        x = F.interpolate(self.gn(x), scale_factor=2, mode="bilinear", align_corners=False)
+        x = F.interpolate(x, scale_factor=2, mode="nearest")
+        x = F.adaptive_avg_pool2d(x, 4)
+        return self.ln(x.permute(0, 2, 3, 1))
+
+
+def test_gmacs_add_mmengines_per_element_terms() -> None:
+    n = 16 * 16  # pixels of the input
+    expected = (
+        3 * 4 * n  # the conv's multiply-adds
+        + 2 * 4 * n  # eval-mode BatchNorm with its affine transform: 2 per element
+        + 1 * 4 * n  # ... without one: 1
+        + 5 * 4 * n  # GroupNorm (affine): 5 per element
+        + 4 * 4 * (4 * n)  # bilinear upsampling: 4 per output element
+        + 1 * 4 * (16 * n)  # nearest upsampling: 1 per output element
+        + 1 * 4 * (16 * n)  # adaptive average pooling: 1 per input element
+        + 5 * 4 * 16  # LayerNorm (affine) on the pooled 4x4: 5 per element
     )
+    count = count_complexity(ElementwiseNet(), size=16, device="cpu")
+    assert count.gmacs == pytest.approx(expected / 1e9, rel=1e-12)
+    assert count.gflops == pytest.approx(2 * 3 * 4 * n / 1e9, rel=1e-12)  # the conv only
 
 
-def test_gflops_scale_with_the_pixels_of_the_input() -> None:
-    small, large = (count_gflops(PixelwiseNet(), size=s, device="cpu") for s in (8, 32))
-    assert large == pytest.approx(16 * small, rel=1e-12)
+def test_a_registry_model_is_counted_in_eval_mode_and_given_back_as_it_was() -> None:
+    model = build_model("lraspp_mobilenet_v3_large").train()
+    count = count_complexity(model, size=64, device="cpu")
+    assert model.training
+    # The convolutions dominate; the per-element terms add a few percent.
+    assert count.gflops / 2 < count.gmacs < 1.1 * count.gflops / 2
 
 
 def test_params_are_in_millions_trainable_or_frozen_buffers_not() -> None:

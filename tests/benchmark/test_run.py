@@ -66,6 +66,12 @@ def test_papermill_run_writes_a_complete_record(first_run, tiny_mini: Path) -> N
     assert 0 <= record["miou"] <= 1 and record["miou_ms_flip"] is not None
     assert set(record["per_scene_miou"]) == {"urban", "rural"}
     assert record["fps"] > 0 and record["params_m"] > 1 and record["gflops"] > 0 and record["mem_gb"] > 0
+    # MMSeg's definitions: fp32 timing, Mem from a probe at batch 4 in fp32 at the row's crop.
+    assert record["amp"] is False and record["fps_warmup"] == 1 and record["fps_fast"] > 0
+    assert record["gflops"] / 2 < record["gmacs"] < record["gflops"]
+    assert record["mem_protocol"] == {"batch": 4, "crop": 32, "precision": "32-true", "steps": 3,
+                                      "optimizer": "sgd", "cudnn_benchmark": True}
+    assert record["mem_source"] == "peak RSS" and record["train_mem_gb"] > 0
     run_dir = record_path.parent
     assert (run_dir / "params.json").is_file() and (run_dir / "checkpoints" / "last.ckpt").is_file()
     assert record["checkpoint"] == "checkpoints/last.ckpt"
@@ -119,7 +125,8 @@ def test_checkpoint_is_evaluated_instead_of_trained(first_run, tiny_mini: Path, 
     (path,) = results.glob("runs/*/metrics.json")
     record = json.loads(path.read_text())
     first = json.loads(record_path.read_text())
-    assert record["lr_schd"] == 2 and record["mem_gb"] is None and record["miou_ms_flip"] is None
+    assert record["lr_schd"] == 2 and record["train_mem_gb"] is None and record["miou_ms_flip"] is None
+    assert record["mem_gb"] > 0 and record["mem_protocol"]["crop"] == 32  # MMSeg's Mem: a probe
     assert record["miou"] == pytest.approx(first["miou"])  # same weights, same tiles
     assert str(ckpt) in record["checkpoint"] and record["pretrained"] == "none"
     assert nb.metadata["papermill"]["parameters"]["checkpoint"] == str(ckpt)

@@ -8,6 +8,7 @@ import pytest
 from record_factory import DEEPLAB, FCN, PSPNET, make_record, write_run
 
 from loveda_utils.data.classes import CLASS_NAMES
+from loveda_utils.results.schema import field_named, validate_record
 from loveda_utils.results.store import claim_run_dir, load_records
 from loveda_utils.results.table import (
     MMSEG_COLUMNS,
@@ -24,7 +25,7 @@ from loveda_utils.results.table import (
 
 def test_table_columns_and_formatting(tmp_path: Path) -> None:
     assert [c for c in TABLE_COLUMNS if c in MMSEG_COLUMNS] == list(MMSEG_COLUMNS)
-    for extra in ("Params (M)", "GFLOPs", "Urban mIoU", "Rural mIoU", "Data"):
+    for extra in ("Params (M)", "GMACs", "Inf time, fast (fps)", "Urban mIoU", "Rural mIoU", "Data"):
         assert extra in TABLE_COLUMNS
     deeplab = write_run(tmp_path, make_record(), notebook=True, checkpoint=True)
     write_run(tmp_path, make_record(PSPNET, 0.5186, miou_ms_flip=0.53456, mem_gb=None))
@@ -40,7 +41,8 @@ def test_table_columns_and_formatting(tmp_path: Path) -> None:
     assert row["Crop Size"] == "512x512"
     assert row["Lr schd"] == "80000"
     assert row["Params (M)"] == "43.6"
-    assert row["GFLOPs"] == "708.0"
+    assert row["GMACs"] == "355.1"  # MMSeg's "GFLOPs": multiply-adds
+    assert row["Inf time, fast (fps)"] == "14.87 ± 0.43"
     assert row["Urban mIoU"] == "52.99" and row["Rural mIoU"] == "47.99"
     assert row["Device"] == "Tesla V100-SXM2-32GB"
     assert row["Data"] == "LoveDA Val"
@@ -171,21 +173,28 @@ def test_protocol_footnote_states_the_recorded_settings() -> None:
     same = [make_record(), make_record(PSPNET, 0.5186)]
     text = _protocol(same)
     assert "on Val (1669 tiles), whole-tile inference" in text
-    assert "200 images of 1024x1024, full precision" in text
-    assert "torch.cuda.max_memory_allocated, training batch 16, precision 16-mixed" in text
+    assert "MMSeg's definition (tools/analysis_tools/benchmark.py: fp32, NCHW" in text
+    assert "over 195 images after 5 warm-up, 1024x1024." in text
+    assert "Inf time, fast: the same timing under this package's inference settings (not " \
+        "MMSeg's figure): fp16 autocast, channels-last, cudnn.benchmark off." in text
+    assert "torch.cuda.max_memory_allocated over 3 steps training 4 images of 512x512 in " \
+        "32-true (sgd) in a fresh process" in text
     assert "one forward pass at 1x3x1024x1024" in text
     assert "ms+flip" not in text  # no row has it
     # Settings read from the records, not assumed: another timing size, FLOPs size, split...
     other = make_record(
-        fps_size=512, fps_images=20, amp=True, flops_size=512, mem_source="peak RSS",
-        batch_size=8, precision="32-true", eval_mode="slide", miou_ms_flip=0.52,
+        fps_size=512, fps_images=20, fps_warmup=2, flops_size=512, mem_source="peak RSS",
+        fps_fast_settings={"precision": "bf16", "channels_last": False, "cudnn_benchmark": True},
+        mem_protocol={**make_record()["mem_protocol"], "crop": 256, "steps": 2},
+        eval_mode="slide", miou_ms_flip=0.52,
         dataset={**make_record()["dataset"], "split": "Train", "n_images": 12},
         config={"slide_window": 512, "slide_stride": 384},
     )  # fmt: skip
     text = _protocol([other])
     assert "on Train (12 tiles), sliding-window inference (512 px windows, stride 384 px)" in text
-    assert "20 images of 512x512, mixed precision (autocast)" in text
-    assert "peak RSS, training batch 8, precision 32-true" in text
+    assert "over 20 images after 2 warm-up, 512x512." in text
+    assert "bf16 autocast, NCHW, cudnn.benchmark on" in text
+    assert "peak RSS over 2 steps training 4 images of 256x256" in text
     assert "one forward pass at 1x3x512x512" in text and "1024" not in text
     assert "mIoU(ms+flip): mean softmax over scales 0.5, 0.75, 1, 1.25, 1.5, 1.75" in text
     assert "not run for" not in text
@@ -198,16 +207,37 @@ def test_protocol_footnote_names_rows_whose_settings_differ() -> None:
     ]
     text = _protocol(rows)
     assert (
-        "200 images of 512x512, full precision (PSPNet R-101); "
-        "200 images of 1024x1024, full precision (DeepLabV3+ R-50)"
+        "195 images after 5 warm-up, 512x512 (PSPNet R-101); "
+        "195 images after 5 warm-up, 1024x1024 (DeepLabV3+ R-50)"
     ) in text
-    assert "not measured, checkpoint only evaluated (PSPNet R-101)" in text
+    assert "Mem (GB): peak training memory in GiB: not measured (PSPNet R-101)" in text
     assert "horizontally; not run for PSPNet R-101." in text
     # The same settings everywhere else: stated once, without row names.
     assert "one forward pass at 1x3x1024x1024." in text
     # Shown in the markdown, and left out on request.
     assert text.splitlines()[0] in table_markdown(build_table(rows))
     assert "forward pass" not in table_markdown(build_table(rows), protocol=False)
+
+
+def _schema_1(record: dict) -> dict:
+    """``record`` as a schema-1 run wrote it: without the fields schema 2 added."""
+    return {k: v for k, v in record.items() if field_named(k).since == 1} | {"schema": 1}
+
+
+def test_protocol_footnote_says_which_rows_were_measured_before_mmsegs_definitions() -> None:
+    old = _schema_1(make_record(PSPNET, 0.5186, amp=True, fps_images=200))
+    assert validate_record(old) == []
+    text = _protocol([old])
+    assert "the median per-image speed of forward + argmax, normalisation included: over 200 " \
+        "images of 1024x1024, mixed precision (autocast)." in text
+    assert "MMSeg's definition" not in text and "Inf time, fast" not in text
+    assert "torch.cuda.max_memory_allocated of the run's own training, batch 16, 16-mixed" in text
+    assert "pooling): not counted (the record predates the field)." in text
+    text = _protocol([make_record(), old])
+    assert "timed images / their total time), except PSPNet R-101 (recorded before: the " \
+        "median per-image speed" in text
+    row = build_table([make_record(), old]).set_index("Method").loc["PSPNet"]
+    assert row["GMACs"] == "-" and row["Inf time, fast (fps)"] == "-"
 
 
 # -- no local absolute path in a table -------------------------------------------------------------
