@@ -88,7 +88,7 @@ def build_trainer(
         num_nodes=num_nodes,
         # Applied by the parallel strategies only: one device keeps plain BatchNorm.
         sync_batchnorm=True,
-        plugins=[BatchNormSync()],
+        plugins=[BatchNormSync(device_type(accelerator))],
         benchmark=device_type(accelerator) == "cuda" and not deterministic,
         precision=training_precision(accelerator, recipe.precision),  # type: ignore[arg-type]
         gradient_clip_val=recipe.gradient_clip_val,
