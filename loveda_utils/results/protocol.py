@@ -35,6 +35,8 @@ def _evaluation(record: Mapping[str, Any]) -> str:
         mode = f"sliding-window inference ({window} px windows, stride {stride} px)"
     else:
         mode = "whole-tile inference"
+    if "eval_amp" in record:  # recorded since schema 2
+        mode += f" under autocast ({record['eval_amp']})" if record["eval_amp"] else " in fp32"
     return f"{dataset['split']} ({dataset['n_images']} tiles), {mode}"
 
 
@@ -49,7 +51,10 @@ def _memory(record: Mapping[str, Any]) -> str:
         return "not measured, checkpoint only evaluated"
     source = record.get("mem_source") or "source not recorded"
     precision = record.get("precision") or "precision not recorded"
-    return f"{source}, training batch {record['batch_size']}, precision {precision}"
+    devices = record.get("devices")
+    spread = f" x {devices} device{'s' if devices != 1 else ''}" if devices else ""
+    return (f"{source}, training batch {record['batch_size']} per device{spread}, "
+            f"precision {precision}")
 
 
 def _flops(record: Mapping[str, Any]) -> str:

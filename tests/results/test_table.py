@@ -170,22 +170,24 @@ def _protocol(records: list[dict]) -> str:
 def test_protocol_footnote_states_the_recorded_settings() -> None:
     same = [make_record(), make_record(PSPNET, 0.5186)]
     text = _protocol(same)
-    assert "on Val (1669 tiles), whole-tile inference" in text
+    assert "on Val (1669 tiles), whole-tile inference in fp32" in text
     assert "200 images of 1024x1024, full precision" in text
-    assert "torch.cuda.max_memory_allocated, training batch 16, precision 16-mixed" in text
+    assert "torch.cuda.max_memory_allocated, training batch 4 per device x 4 devices, precision 16-mixed" in text
     assert "one forward pass at 1x3x1024x1024" in text
     assert "ms+flip" not in text  # no row has it
     # Settings read from the records, not assumed: another timing size, FLOPs size, split...
     other = make_record(
         fps_size=512, fps_images=20, amp=True, flops_size=512, mem_source="peak RSS",
-        batch_size=8, precision="32-true", eval_mode="slide", miou_ms_flip=0.52,
+        batch_size=8, devices=1, precision="32-true", eval_mode="slide", miou_ms_flip=0.52,
+        eval_amp="bfloat16",
         dataset={**make_record()["dataset"], "split": "Train", "n_images": 12},
         config={"slide_window": 512, "slide_stride": 384},
     )  # fmt: skip
     text = _protocol([other])
-    assert "on Train (12 tiles), sliding-window inference (512 px windows, stride 384 px)" in text
+    assert ("on Train (12 tiles), sliding-window inference (512 px windows, stride 384 px) "
+            "under autocast (bfloat16)") in text
     assert "20 images of 512x512, mixed precision (autocast)" in text
-    assert "peak RSS, training batch 8, precision 32-true" in text
+    assert "peak RSS, training batch 8 per device x 1 device, precision 32-true" in text
     assert "one forward pass at 1x3x512x512" in text and "1024" not in text
     assert "mIoU(ms+flip): mean softmax over scales 0.5, 0.75, 1, 1.25, 1.5, 1.75" in text
     assert "not run for" not in text
