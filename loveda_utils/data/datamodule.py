@@ -20,7 +20,6 @@ from torch.utils.data import (
     DataLoader,
     Dataset,
     DistributedSampler,
-    Sampler,
     Subset,
     default_collate,
     get_worker_info,
@@ -328,7 +327,7 @@ class LoveDADataModule(L.LightningDataModule):
 
     # -- loaders -------------------------------------------------------------------------------
 
-    def _sampler(self, dataset, shuffle: bool) -> Sampler | None:
+    def _sampler(self, dataset, shuffle: bool) -> DistributedSampler | None:
         """This rank's shard under DDP; ``None`` (the loader's own sampler) in one process.
 
         Training: torch's ``DistributedSampler``, shuffled by :attr:`seed` and the epoch (Lightning

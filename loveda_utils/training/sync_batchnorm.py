@@ -36,15 +36,15 @@ class CPUSyncBatchNorm(_BatchNorm):
 
     @classmethod
     def convert(cls, module: _BatchNorm) -> None:
-        module._plain_class = type(module)  # type: ignore[attr-defined]
+        module.__dict__["_plain_class"] = type(module)  # a plain attribute (not a submodule)
         module.__class__ = cls
 
     def revert(self) -> None:
-        self.__class__ = self._plain_class
+        self.__class__ = self._plain_class  # type: ignore[assignment]
         del self._plain_class
 
     def _check_input_dim(self, input: torch.Tensor) -> None:
-        self._plain_class._check_input_dim(self, input)  # type: ignore[arg-type]
+        self._plain_class._check_input_dim(self, input)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         syncs = self.training and dist.is_available() and dist.is_initialized()
@@ -62,7 +62,7 @@ class CPUSyncBatchNorm(_BatchNorm):
         var = (total[channels : 2 * channels] / count - mean * mean).clamp(min=0)  # biased
         if self.track_running_stats and self.running_mean is not None and self.running_var is not None:
             with torch.no_grad():
-                self.num_batches_tracked.add_(1)  # type: ignore[union-attr,operator]
+                self.num_batches_tracked.add_(1)  # type: ignore[union-attr]
                 momentum = (1.0 / float(self.num_batches_tracked) if self.momentum is None  # type: ignore[arg-type]
                             else self.momentum)
                 unbiased = var * count / (count - 1).clamp(min=1)  # running_var is unbiased
