@@ -377,7 +377,8 @@ def estimate(args: argparse.Namespace) -> int:
 
 #: The ``train`` command's run parameters beside the recipe, with their defaults.
 TRAIN_DEFAULTS = {"model": None, "data_root": None, "accelerator": "auto", "devices": "auto",
-                  "strategy": "auto", "num_nodes": 1, "num_workers": None, "seed": 0}
+                  "strategy": "auto", "num_nodes": 1, "num_workers": None, "seed": 0,
+                  "allow_cpu": False}
 
 
 def _train_args(p: argparse.ArgumentParser) -> None:
@@ -405,6 +406,8 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-nodes", type=int, default=None, help="default 1")
     p.add_argument("--num-workers", type=int, default=None, help="default: one per core, see the data module")
     p.add_argument("--seed", type=int, default=None, help="default 0")
+    p.add_argument("--allow-cpu", action="store_true", default=None,
+                   help="train a GPU recipe's full schedule (mmseg) on the CPU all the same")
 
 
 def train_settings(args: argparse.Namespace) -> tuple[Recipe, dict[str, Any]]:
@@ -453,7 +456,8 @@ def train(args: argparse.Namespace) -> int:
         rerun = f"python -m loveda_utils train --config {run_dir / CONFIG_FILE} --run-dir NEW_RUN_DIR"
         write_run_config(run_dir, recipe, params | {"data_root": str(root)}, rerun=rerun)
     outcome = fit(recipe, datamodule, run_dir, model=params["model"], accelerator=params["accelerator"],
-                  devices=params["devices"], strategy=params["strategy"], num_nodes=params["num_nodes"])
+                  devices=params["devices"], strategy=params["strategy"], num_nodes=params["num_nodes"],
+                  allow_cpu=params["allow_cpu"])
     trainer = outcome.trainer
     if trainer is not None and trainer.global_rank == 0:
         print(f"trained {params['model']} to step {outcome.steps} on {trainer.world_size} process(es); "

@@ -1,21 +1,33 @@
 """The runtime policy, in one place: which device, which precision, how to time and lay out tensors.
 
 Training, evaluation and the table's timings all ask this module, so they agree: one AMP policy
-(:func:`amp_dtype`, and :func:`training_precision` for Lightning), one synchronisation before a clock is read (:func:`synchronize`), one rule for
-channels-last memory (:func:`default_channels_last`), one device name for the table, one memory
-counter for processes without CUDA (:func:`peak_rss_gb`, :func:`rss_gb`).
+(:func:`amp_dtype`, and :func:`training_precision` for Lightning), one synchronisation before a
+clock is read (:func:`synchronize`), one rule for channels-last memory
+(:func:`default_channels_last`), one device name for the table, one memory counter for processes
+without CUDA (:func:`peak_rss_gb`, :func:`rss_gb`), one count of the cores a process may use
+(:func:`available_cores`).
+
+Choosing a device or a precision never initialises CUDA in this process: a fork-based DDP launch
+(``ddp_fork``/``ddp_notebook``, Lightning's choice in a notebook) refuses to start once CUDA is
+initialised, so everything decided before ``Trainer.fit`` has to stay CUDA-free.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import platform
 import resource
+import subprocess
 import sys
 
 import torch
 
 GB = 1024**3
+
+#: Environment variable giving a process its share of the machine's cores (the suite sets it for
+#: models trained side by side); unset: every core the process may run on.
+CORES_ENV = "LOVEDA_CORES"
 
 
 def synchronize(device: torch.device | str) -> None:
@@ -39,13 +51,64 @@ def device_type(accelerator: str = "auto") -> str:
 
 
 def resolve_device(accelerator: str = "auto") -> torch.device:
-    """The device evaluation runs on, from a Lightning-style ``accelerator`` name."""
+    """The device evaluation runs on, from a Lightning-style ``accelerator`` name.
+
+    Does not initialise CUDA: before initialisation the current device is index 0 (of those
+    ``CUDA_VISIBLE_DEVICES`` shows), and ``torch.cuda.current_device()`` would initialise it.
+    """
     kind = device_type(accelerator)
     if kind == "cuda":
         if not torch.cuda.is_available():
             raise RuntimeError(f"accelerator={accelerator!r} but CUDA is not available on this machine")
-        return torch.device("cuda", torch.cuda.current_device())
+        return torch.device("cuda", torch.cuda.current_device() if torch.cuda.is_initialized() else 0)
     return torch.device(kind)
+
+
+def cuda_capability() -> tuple[int, int] | None:
+    """Compute capability ``(major, minor)`` of the current CUDA device, without initialising CUDA
+    in this process; ``None`` when it cannot be read.
+
+    Once CUDA is initialised here, torch answers. Before, a throwaway interpreter (with this
+    process's ``CUDA_VISIBLE_DEVICES``) reads it, so that this process can still fork DDP ranks.
+    """
+    if torch.cuda.is_initialized():
+        return torch.cuda.get_device_capability()
+    code = "import torch; print(*torch.cuda.get_device_capability())"
+    try:
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                              timeout=300, check=True)
+        major, minor = (int(v) for v in done.stdout.split())
+    except (OSError, subprocess.SubprocessError, ValueError):
+        return None
+    return major, minor
+
+
+def native_bf16() -> bool:
+    """Whether the current CUDA device computes bf16 natively (Ampere, compute capability 8.0, and
+    later); emulated bf16 on earlier GPUs is slower than fp16. Does not initialise CUDA."""
+    if torch.version.hip:
+        return True
+    if torch.cuda.is_initialized():
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    capability = cuda_capability()
+    return capability is not None and capability >= (8, 0)
+
+
+def available_cores() -> int:
+    """Cores this process may use: those its CPU affinity allows (a batch scheduler's or
+    ``taskset``'s share, not the machine's ``os.cpu_count()``), capped by :data:`CORES_ENV` when
+    that is set (the suite's share for each of the models it trains side by side)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # no affinity API (macOS, Windows)
+        cores = os.cpu_count() or 1
+    budget = os.environ.get(CORES_ENV, "").strip()
+    if budget:
+        if not budget.isdigit() or int(budget) < 1:
+            raise ValueError(f"${CORES_ENV}={budget!r}: must be a positive number of cores; unset it "
+                             "to use every core this process may run on")
+        cores = min(cores, int(budget))
+    return max(1, cores)
 
 
 def device_name(device: torch.device | str) -> str:
@@ -110,9 +173,7 @@ def amp_dtype(device: torch.device, amp: bool | torch.dtype | None = None) -> to
     if isinstance(amp, torch.dtype):
         return amp
     if device.type == "cuda":
-        # Emulated bf16 (pre-Ampere GPUs) is slower than fp16: ask for native support only.
-        native_bf16 = torch.cuda.is_bf16_supported(including_emulation=False)
-        return torch.bfloat16 if native_bf16 else torch.float16
+        return torch.bfloat16 if native_bf16() else torch.float16
     if device.type == "cpu":
         return torch.bfloat16  # the dtype CPU autocast is built and tuned for
     return torch.float16

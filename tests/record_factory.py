@@ -55,7 +55,8 @@ def make_record(
         "normalization": "ImageNet mean/std on 0..255",
         "crop_size": crop,
         "lr_schd": iters,
-        "batch_size": 16,
+        "batch_size": 4,
+        "devices": 4,
         "mem_gb": 7.3712,
         "mem_source": "torch.cuda.max_memory_allocated",
         "mem_protocol": {
@@ -74,6 +75,7 @@ def make_record(
         "device": "Tesla V100-SXM2-32GB",
         "precision": "16-mixed",
         "amp": False,
+        "eval_amp": None,
         "miou": miou,
         "miou_ms_flip": None,
         "accuracy": 0.71,

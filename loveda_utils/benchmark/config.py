@@ -108,9 +108,11 @@ class BenchmarkConfig:
     gradient_clip_val: float | None = None
     strategy: str = "auto"
     num_nodes: int = 1
+    allow_cpu: bool = False  # train a GPU recipe's full schedule on the CPU all the same
     num_workers: int | None = None
     eval_batch_size: int = 1
     eval_mode: str = "whole"
+    eval_amp: bool = False  # True: evaluate under autocast (the record says so); the table's mIoU is fp32
     slide_window: int = 1024
     slide_stride: int = 768
     fps_size: int | None = 1024  # None: the eval tiles' size

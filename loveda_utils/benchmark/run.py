@@ -179,7 +179,7 @@ class BenchmarkRun:
         if self.checkpoint is not None:
             ckpt = self.checkpoint
             self.training = TrainOutcome(
-                steps=ckpt.global_step, seconds=None, precision=None, peak_memory_gb=None,
+                steps=ckpt.global_step, devices=None, seconds=None, precision=None, peak_memory_gb=None,
                 memory_source=None, final_loss=None, checkpoint=ckpt.path, resumed_from=None,
                 task=ckpt.task,
             )
@@ -188,6 +188,7 @@ class BenchmarkRun:
                 c.training_recipe, self.datamodule, self.run_dir, model=c.model,
                 channels_last=bool(c.channels_last), accelerator=c.accelerator, devices=c.devices,
                 strategy=c.strategy, num_nodes=c.num_nodes, progress=c.progress,
+                allow_cpu=c.allow_cpu,
             )
         return self.training
 
@@ -203,7 +204,7 @@ class BenchmarkRun:
         c = self.config
         return evaluate(
             self._model(), self.datamodule.val_dataloader(), device=self.device, ms_flip=ms_flip,
-            mode=c.eval_mode, window=c.slide_window, stride=c.slide_stride,
+            mode=c.eval_mode, window=c.slide_window, stride=c.slide_stride, amp=c.eval_amp,
             channels_last=c.channels_last, progress=c.progress,
             save_predictions_dir=self.run_dir / "predictions" if save else None,
         )
@@ -322,6 +323,7 @@ class BenchmarkRun:
             "crop_size": trained_as.crop_size,
             "lr_schd": trained_as.lr_schd,
             "batch_size": trained_as.batch_size,
+            "devices": training.devices,
             "mem_gb": memory.gb if memory else None,
             "mem_source": memory.source if memory else None,
             "mem_protocol": memory.protocol() if memory else None,
@@ -337,6 +339,7 @@ class BenchmarkRun:
             "device": speed.device,
             "precision": training.precision,
             "amp": speed.amp,
+            "eval_amp": single.settings["amp"],
             "miou": single.scores.miou,
             "miou_ms_flip": ms.scores.miou if ms else None,
             "accuracy": single.scores.accuracy,

@@ -64,6 +64,7 @@ from ..results.store import (
     release_run_dir,
     run_group_for,
 )
+from ..runtime import CORES_ENV, available_cores
 from ..training.recipe import DEFAULT_RECIPE, RECIPE_PARAMETER, Recipe, get_recipe
 from .config import BenchmarkConfig, absolute_paths
 
@@ -330,15 +331,26 @@ def plan(
 # -- execution ------------------------------------------------------------------------------------
 
 
-def _execute(job: Job, gpu: str | None) -> Job:
+def child_env(gpu: str | None, parallel: int = 1) -> dict[str, str]:
+    """The environment of a model's notebook process: this one's, shown only ``gpu`` (an entry
+    of :func:`visible_gpus`, so a physical id or UUID as this process sees it) when given, and,
+    with ``parallel`` models running side by side, its share of this process's cores
+    (:data:`~loveda_utils.runtime.CORES_ENV`, which the loader's worker count follows)."""
+    env = dict(os.environ)
+    if gpu is not None:
+        env["CUDA_VISIBLE_DEVICES"] = gpu
+    if parallel > 1:
+        env[CORES_ENV] = str(max(1, available_cores() // parallel))
+    return env
+
+
+def _execute(job: Job, gpu: str | None, parallel: int = 1) -> Job:
     params_file = job.run_dir / "suite_params.yaml"
     params_file.write_text(yaml.safe_dump(job.params, sort_keys=False))
     cmd = [sys.executable, "-m", "papermill", str(BENCHMARK_NOTEBOOK), str(job.notebook),
            "-f", str(params_file), "-k", "python3", "--cwd", str(NOTEBOOKS_DIR), "--no-progress-bar",
            "--log-output"]
-    env = dict(os.environ)
-    if gpu is not None:
-        env["CUDA_VISIBLE_DEVICES"] = gpu
+    env = child_env(gpu, parallel)
     # The notebook takes over this process's claim of the folder; papermill holds the lock too,
     # so the folder stays claimed while the notebook runs even if the suite is killed.
     claim = held_claim(job.run_dir) if job.run_dir else None
@@ -378,10 +390,22 @@ def _last_error(notebook: Path, log_file: Path) -> str:
 
 
 def visible_gpus() -> list[str]:
-    """CUDA device ids to spread models over (one model per device); empty on CPU."""
+    """The GPUs to spread models over (one model per device), as ``CUDA_VISIBLE_DEVICES`` entries
+    for the children; empty on CPU.
+
+    Under a ``CUDA_VISIBLE_DEVICES`` of its own (a scheduler's ``2,3``) this process's device 0
+    is physical GPU 2: the children get the parent's entries (``2``, ``3``), never ``0`` and ``1``.
+    """
     import torch
 
-    return [str(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+    if not torch.cuda.is_available():
+        return []
+    count = torch.cuda.device_count()
+    parent = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if parent is None:
+        return [str(i) for i in range(count)]
+    # CUDA stops at the first invalid entry: the count is of the entries before it.
+    return [entry.strip() for entry in parent.split(",") if entry.strip()][:count]
 
 
 @dataclass
@@ -441,10 +465,10 @@ def run_suite(
         with lock:
             slot = free.pop(0)
             index = next(counter)
-        where = f" on cuda:{slot}" if slot is not None else ""
+        where = f" on GPU {slot}" if slot is not None else ""
         log(f"[{index}/{len(todo)}] {job.label}{where}: running -> {job.run_dir}")
         try:
-            _execute(job, slot)
+            _execute(job, slot, parallel=min(len(slots), len(todo)))
         finally:
             job.release()
             with lock:

@@ -14,9 +14,19 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset, Subset, default_collate, get_worker_info
+from torch.utils.data import (
+    DataLoader,
+    Dataset,
+    DistributedSampler,
+    Subset,
+    default_collate,
+    get_worker_info,
+)
 
+from ..errors import ConfigError
+from ..runtime import available_cores
 from .classes import normalize_scenes, normalize_split
 from .dataset import LoveDASegmentation
 from .root import resolve_data_root
@@ -28,25 +38,48 @@ Sample = dict[str, Any]
 
 
 def seed_worker(worker_id: int) -> None:
-    """Seed numpy and ``random`` in each worker from torch's per-worker seed (torch seeds itself)."""
+    """Seed numpy and ``random`` in each worker from torch's per-worker seed (torch seeds itself:
+    the loader generator's base seed plus the worker id)."""
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
     random.seed(seed)
 
 
-def default_num_workers() -> int:
-    """Loader processes: one per core (up to 8) when a GPU runs the model, else the spare cores.
+def distributed_rank() -> tuple[int, int]:
+    """``(rank, world size)`` of this process in the default process group (DDP); ``(0, 1)``
+    without one."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
 
-    With CUDA the cores are free to decode PNGs (CPU-bound) while the GPU computes. Without it
-    the model's forward/backward already uses ``torch.get_num_threads()`` cores (all of them by
-    default), and workers only compete with it: on the 2-core benchmark machine, workers made
-    evaluation and training slower than decoding in the main process (``benchmarks/RESULTS.md``).
-    So the CPU default is the cores torch leaves unused (0 by default).
+
+def rank_seed(seed: int, rank: int) -> int:
+    """The augmentation seed of DDP rank ``rank``: ``seed`` itself on rank 0, so that a single
+    process draws what it always drew, and a well-mixed 63-bit seed of ``(seed, rank)`` on the
+    others, so that ranks draw different crops (as MMEngine seeds its workers per rank)."""
+    if rank == 0:
+        return seed
+    return int(np.random.SeedSequence([seed, rank]).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+def default_num_workers(processes: int = 1) -> int:
+    """Loader processes for each of ``processes`` training processes on this machine (DDP ranks).
+
+    Each process gets its share of :func:`~loveda_utils.runtime.available_cores`: the cores its
+    CPU affinity allows (a scheduler's allocation, not the whole machine), or the suite's budget
+    for each of the models it trains side by side (``$LOVEDA_CORES``).
+    With CUDA, every core of the share but one decodes PNGs (CPU-bound) while the GPU computes;
+    the remaining one runs the main process, which feeds the GPU and pins the batches. There is
+    no fixed cap: a light model on a fast GPU needs a dozen workers or more to be kept busy.
+    Without CUDA the model's forward/backward already uses ``torch.get_num_threads()`` cores (all
+    of them by default), and workers only compete with it: on the 2-core benchmark machine,
+    workers made evaluation and training slower than decoding in the main process
+    (``benchmarks/RESULTS.md``). So the CPU default is the cores torch leaves unused (0 by default).
     """
-    cores = os.cpu_count() or 1
+    share = max(1, available_cores() // max(1, processes))
     if torch.cuda.is_available():
-        return max(0, min(8, cores))
-    return max(0, min(8, cores - torch.get_num_threads()))
+        return max(1, share - 1)
+    return max(0, share - torch.get_num_threads())
 
 
 def collate(samples: Sequence[Sample]) -> dict[str, Any]:
@@ -195,12 +228,18 @@ class LoveDADataModule(L.LightningDataModule):
         train_scenes, eval_scenes: ``"urban"``, ``"rural"``, ``"both"`` or a list.
         eval_split: split used by ``val_dataloader``/``test_dataloader`` (``"test"`` has no masks:
             predictions only).
-        batch_size: training batch size; ``eval_batch_size``: whole tiles per evaluation batch.
+        batch_size: training images per step on each device (MMSeg's per-GPU batch: under DDP
+            the step's global batch is ``batch_size`` times the processes);
+            ``eval_batch_size``: whole tiles per evaluation batch.
         crop_size: training crop; refused when larger than the tiles.
-        num_workers: loader processes (default: :func:`default_num_workers`, one per core up to 8
-            with CUDA, the cores torch's threads leave free without).
+        num_workers: loader processes of each training process (default:
+            :func:`default_num_workers` for the processes this machine runs: with CUDA one per
+            core of each process's share but one, without CUDA the cores torch's threads leave
+            free).
         pin_memory: page-locked host memory for faster copies (default: when CUDA is available).
-        seed: seeds the shuffling and, through it, every worker's augmentation stream.
+        seed: seeds the shuffling and, through it, every worker's augmentation stream. Under
+            DDP (a default process group) each rank reads its own shard, and each rank's
+            augmentation stream is seeded by :func:`rank_seed`, so ranks draw different crops.
         train_transform, eval_transform: replace the default pipelines.
         limit_eval_images: evaluate only the first N tiles (in file order) of the eval split.
         validate: ``"quick"``, ``"full"`` or ``None`` (skip the up-front check).
@@ -218,7 +257,7 @@ class LoveDADataModule(L.LightningDataModule):
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
         self.crop_size = crop_size
-        self.num_workers = default_num_workers() if num_workers is None else num_workers
+        self._num_workers = num_workers
         self.read_ahead = 4 * torch.get_num_threads() if read_ahead is None else read_ahead
         if (
             not isinstance(self.read_ahead, int)
@@ -235,6 +274,22 @@ class LoveDADataModule(L.LightningDataModule):
         self.synthetic = is_synthetic(self.root)
         self.train_dataset: LoveDASegmentation | None = None
         self.eval_dataset: LoveDASegmentation | Subset | None = None
+
+    @property
+    def num_workers(self) -> int:
+        """Loader processes of this training process: the ones asked for, or
+        :func:`default_num_workers` for the training processes on this machine."""
+        if self._num_workers is not None:
+            return self._num_workers
+        return default_num_workers(self._processes_on_this_machine())
+
+    def _processes_on_this_machine(self) -> int:
+        # Lightning attaches its Trainer before asking for loaders: its devices are this node's
+        # ranks. Other launchers (torchrun) say it in LOCAL_WORLD_SIZE.
+        trainer = self.trainer
+        if trainer is not None:
+            return max(1, trainer.num_devices)
+        return max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
 
     # -- setup ---------------------------------------------------------------------------------
 
@@ -272,18 +327,46 @@ class LoveDADataModule(L.LightningDataModule):
 
     # -- loaders -------------------------------------------------------------------------------
 
+    def _sampler(self, dataset, shuffle: bool) -> DistributedSampler | None:
+        """This rank's shard under DDP; ``None`` (the loader's own sampler) in one process.
+
+        Training: torch's ``DistributedSampler``, shuffled by :attr:`seed` and the epoch (Lightning
+        sets it), padded so that every rank runs as many steps. Evaluation: an unpadded shard
+        (rank r takes tiles r, r + world, ...), so every tile is counted exactly once; padding
+        would count the first tiles twice. Lightning keeps both (they are distributed samplers
+        already) instead of injecting its own.
+        """
+        rank, world = distributed_rank()
+        if world == 1:
+            return None
+        if shuffle:
+            return DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True,
+                                      seed=self.seed)
+        if len(dataset) < world:
+            raise ConfigError(
+                f"the {self.eval_split} split holds {len(dataset)} tile(s) for {world} DDP "
+                f"processes: each needs one; evaluate at least {world} tiles (limit_eval_images)"
+            )
+        return UnrepeatedDistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=False)
+
     def _loader(self, dataset, batch_size: int, shuffle: bool) -> DataLoader:
         workers = self.num_workers
+        rank, _ = distributed_rank()
+        sampler = self._sampler(dataset, shuffle)
+        samples = len(sampler) if sampler is not None else len(dataset)
         return DataLoader(
             dataset,
             batch_size=batch_size,
-            shuffle=shuffle,
-            drop_last=shuffle and len(dataset) >= batch_size,
+            shuffle=shuffle and sampler is None,
+            sampler=sampler,
+            drop_last=shuffle and samples >= batch_size,
             num_workers=workers,
             pin_memory=self.pin_memory,
             persistent_workers=workers > 0,
+            # Our worker_init_fn, so Lightning adds none; the per-rank part is in the generator,
+            # whose base seed each worker's torch seed derives from.
             worker_init_fn=seed_worker if workers > 0 else None,
-            generator=torch.Generator().manual_seed(self.seed),
+            generator=torch.Generator().manual_seed(rank_seed(self.seed, rank)),
             prefetch_factor=2 if workers > 0 else None,
             collate_fn=collate,
         )
@@ -291,13 +374,20 @@ class LoveDADataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         if self.train_dataset is None:
             self.setup("fit")
+        rank, world = distributed_rank()
+        if world > 1 and self.num_workers == 0:
+            # The main process draws the augmentations, from the global generators, which every
+            # rank seeded alike (seed_everything): give each rank its own stream.
+            torch.manual_seed(rank_seed(self.seed, rank))
+            seed_worker(0)
         return self._loader(self.train_dataset, self.batch_size, shuffle=True)
 
     def val_dataloader(self) -> DataLoader:
         if self.eval_dataset is None:
             self.setup("validate")
         dataset = self.eval_dataset
-        if self.num_workers == 0 and self.read_ahead > 1:
+        # Read-ahead loads runs of consecutive tiles: in order, not a DDP rank's every other tile.
+        if self.num_workers == 0 and self.read_ahead > 1 and distributed_rank()[1] == 1:
             threads = max(1, min(torch.get_num_threads(), self.read_ahead))
             dataset = ReadAhead(dataset, threads, ahead=self.read_ahead)
         return self._loader(dataset, self.eval_batch_size, shuffle=False)

@@ -342,7 +342,7 @@ def evaluate(
     mode: Mode = "whole",
     window: int | Sequence[int] = 1024,
     stride: int | Sequence[int] = 768,
-    amp: bool | torch.dtype | None = None,
+    amp: bool | torch.dtype = False,
     channels_last: bool | None = None,
     limit_images: int | None = None,
     save_predictions_dir: str | os.PathLike[str] | None = None,
@@ -365,8 +365,10 @@ def evaluate(
             model's parameters (CPU for a callable without any).
         ms_flip: multi-scale + flip test-time augmentation (``scales``, ``flip``).
         mode: ``"whole"`` or ``"slide"`` (with ``window`` and ``stride``) for each pass.
-        amp: autocast. ``None``: on for CUDA (bf16 where supported, else fp16), off elsewhere;
-            ``True``: on for any device; ``False``: off; a dtype: on with that dtype.
+        amp: autocast, an explicit choice: ``False`` (default): fp32, the protocol the table's
+            mIoU follows on every device; ``True``: the runtime's AMP dtype
+            (:func:`loveda_utils.runtime.amp_dtype`: bf16 where native, else fp16 on CUDA);
+            a dtype: that one. ``settings["amp"]`` of the result says which ran.
         channels_last: run the model and the images in channels-last memory format (the
             model is converted for the call and converted back after). ``None``: on for the
             CPU (oneDNN's faster convolutions, see benchmarks/RESULTS.md) and for CUDA

@@ -32,6 +32,7 @@ __all__ = [
     "ConfusionMatrix",
     "PerSceneConfusion",
     "SegmentationScores",
+    "all_reduce_counts",
     "scores_from_confusion",
     "torchmetrics_scores",
 ]
@@ -343,6 +344,27 @@ class ConfusionMatrix:
             f"ConfusionMatrix(num_classes={self.num_classes}, ignore_index={self.ignore_index}, "
             f"n_pixels={int(self._matrix.sum())}, device={self.device})"
         )
+
+
+def all_reduce_counts(counts: torch.Tensor) -> torch.Tensor:
+    """``counts`` summed over the processes of the default process group (DDP ranks), exactly.
+
+    The sum is taken in int64, which gloo and NCCL reduce as integers: float32 holds whole
+    numbers exactly only up to ``2**24`` (16.8M pixels, 16 LoveDA tiles of one class). Without a
+    process group (or with one process) the counts come back as they are.
+
+    Raises:
+        ValueError: for floating-point counts (they may already have lost pixels).
+    """
+    if counts.is_floating_point() or counts.is_complex():
+        raise ValueError(f"counts must be an integer tensor, got dtype {counts.dtype}")
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return counts
+    if torch.distributed.get_world_size() == 1:
+        return counts
+    total = counts.to(torch.int64, copy=True)
+    torch.distributed.all_reduce(total, op=torch.distributed.ReduceOp.SUM)
+    return total
 
 
 def _scene_key(scene: str) -> str:

@@ -36,6 +36,8 @@ def _evaluation(record: Mapping[str, Any]) -> str:
         mode = f"sliding-window inference ({window} px windows, stride {stride} px)"
     else:
         mode = "whole-tile inference"
+    if "eval_amp" in record:  # recorded since schema 2
+        mode += f" under autocast ({record['eval_amp']})" if record["eval_amp"] else " in fp32"
     return f"{dataset['split']} ({dataset['n_images']} tiles), {mode}"
 
 
@@ -80,7 +82,10 @@ def _memory(record: Mapping[str, Any]) -> str:
     probe = record.get("mem_protocol")
     if probe is None:  # schema 1: the run's own training
         precision = record.get("precision") or "precision not recorded"
-        return f"{source} of the run's own training, batch {record['batch_size']}, {precision}"
+        devices = record.get("devices")
+        spread = f" x {devices} device{'s' if devices != 1 else ''}" if devices else ""
+        return (f"{source} of the run's own training, batch {record['batch_size']} per "
+                f"device{spread}, {precision}")
     crop = probe["crop"]
     return (
         f"as MMSeg's, whatever schedule the row trained with: {source} over {probe['steps']} "

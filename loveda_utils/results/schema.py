@@ -114,7 +114,9 @@ FIELDS: tuple[Field, ...] = (
     Field("crop_size", "int", "training crop side", unit="px"),
     Field("lr_schd", "int", "training iterations (the checkpoint's global step when it was only "
        "evaluated here)"),
-    Field("batch_size", "int", "training batch size"),
+    Field("batch_size", "int", "training images per step on each device (MMSeg's per-GPU batch)"),
+    Field("devices", "int", "training processes (devices) over all nodes: a step's global batch is "
+          f"`batch_size` x `devices`; {_NOT_TRAINED}", nullable=True, since=2),
     Field("mem_gb", "float", "MMSeg's Mem: peak memory of training 4 images in fp32 at "
        "`crop_size`, whatever schedule the run used (a probe in a fresh process, "
        "`mem_protocol`; schema 1: the run's own training peak); null when not measured",
@@ -160,6 +162,8 @@ FIELDS: tuple[Field, ...] = (
        f"{_NOT_TRAINED}", nullable=True),
     Field("amp", "bool", "whether `fps` was timed under autocast (false from schema 2: MMSeg "
        "times fp32)"),
+    Field("eval_amp", "str", "autocast dtype the evaluation ran in (`bfloat16`, `float16`); null: "
+       "fp32, the default, from which the table's mIoU comes", nullable=True, since=2),
     Field("miou", "fraction", "mean IoU over the classes (`eval_mode` inference); null when no "
        "pixel was evaluated", nullable=True),
     Field("miou_ms_flip", "fraction", "mIoU with multi-scale + flip test-time augmentation; null "

@@ -9,10 +9,17 @@ recipe it resolved to its folder as ``config.yaml`` (:func:`write_run_config`), 
 
 * ``mmseg``: MMSeg's LoveDA schedule (``configs/_base_/schedules/schedule_80k.py`` with the
   LoveDA dataset config): SGD lr 0.01, momentum 0.9, weight decay 5e-4, poly decay of power 0.9
-  to 1e-4 per iteration over 80k iterations, 512 px crops, 16 images per step (MMSeg: 4 GPUs x 4
-  images; here one device holds the whole batch), auxiliary FCN head weighted 0.4, no warm-up.
+  to 1e-4 per iteration over 80k iterations, 512 px crops, 4 images per device and step as
+  MMSeg's ``4xb4`` configs (4 GPUs x 4 images: a global batch of 16, with SyncBN), auxiliary FCN
+  head weighted 0.4, no warm-up. Meant for GPUs: its full schedule is refused on a CPU unless
+  asked for (:meth:`Recipe.refuses_cpu`).
 * ``quick``: the CPU demo on the embedded mini-LoveDA: AdamW, 128 px crops, 150 steps, random
   initialisation (nothing may download).
+
+``batch_size`` is per device, as in MMSeg: training on ``devices`` GPUs (and ``num_nodes``
+nodes) makes a step's global batch ``batch_size x devices x num_nodes``, and the record holds
+both numbers. MMSeg's global batch of 16 is ``devices=4`` with the ``mmseg`` recipe, or
+``batch_size=16 / devices`` on fewer GPUs (the learning rate is the recipe's either way).
 """
 
 from __future__ import annotations
@@ -48,7 +55,7 @@ class Recipe:
         optimizer: ``"sgd"`` or ``"adamw"``; ``momentum`` applies to SGD only.
         weight_decay: the optimiser's weight decay (decoupled for AdamW).
         crop_size: side of the square training crop.
-        batch_size: training images per step on each device.
+        batch_size: training images per step on each device (MMSeg's per-GPU batch).
         precision: Lightning's precision string; ``None``: the runtime policy
             (:func:`loveda_utils.runtime.training_precision`).
         pretrained: initial weights, as :func:`loveda_utils.models.registry.build_model` takes them.
@@ -93,6 +100,13 @@ class Recipe:
                 f"precision={self.precision!r}: use None or a Lightning precision such as "
                 "'32-true', '16-mixed' or 'bf16-mixed'"
             )
+
+    def refuses_cpu(self, steps: int | None = None) -> bool:
+        """Whether training ``steps`` (default: the schedule) of this recipe on a CPU needs an
+        explicit ``allow_cpu``: a GPU recipe's full schedule (:data:`GPU_RECIPES`), which would
+        take weeks there. Shorter runs (a timing probe, a test's few steps) are not refused."""
+        steps = self.max_steps if steps is None else steps
+        return self.name in GPU_RECIPES and steps >= RECIPES[self.name].max_steps
 
     def replace(self, **changes: Any) -> Recipe:
         """This recipe with some fields changed (validated like a new one)."""
@@ -140,7 +154,7 @@ MMSEG = Recipe(
     momentum=0.9,
     weight_decay=5e-4,
     crop_size=512,
-    batch_size=16,
+    batch_size=4,  # per device: MMSeg's 4xb4 is 4 GPUs x 4 images
     precision=None,
     pretrained="default",
     aux_weight=0.4,
@@ -160,6 +174,9 @@ QUICK = MMSEG.replace(
 
 RECIPES: dict[str, Recipe] = {recipe.name: recipe for recipe in (MMSEG, QUICK)}
 DEFAULT_RECIPE = MMSEG.name
+#: Recipes written for GPUs: their full schedule on a CPU needs ``allow_cpu`` (a silent CPU
+#: fallback, e.g. a driver too old for the installed CUDA build, would otherwise run for weeks).
+GPU_RECIPES: frozenset[str] = frozenset({MMSEG.name})
 
 
 def get_recipe(name: str) -> Recipe:

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from ..data.classes import IGNORE_INDEX, NUM_CLASSES
 from ..evaluation.inference import labels_from_logits
-from ..evaluation.metrics import PerSceneConfusion, scores_from_confusion
+from ..evaluation.metrics import PerSceneConfusion, all_reduce_counts, scores_from_confusion
 from ..models import build_model
 from .recipe import MMSEG, Recipe
 
@@ -74,6 +74,8 @@ class SegmentationTask(L.LightningModule):
             self.model = self.model.to(memory_format=torch.channels_last)
         # Labels come from labels_from_logits (always in range): no range check per batch.
         self.val_confusion = PerSceneConfusion(num_classes, validate=False)
+        #: The last validation's confusion matrix over the whole split (every rank's tiles).
+        self.val_matrix: torch.Tensor | None = None
 
     @classmethod
     def from_recipe(cls, model: str, recipe: Recipe, *, channels_last: bool = False,
@@ -119,11 +121,11 @@ class SegmentationTask(L.LightningModule):
         self.val_confusion.reset()
 
     def on_validation_epoch_end(self) -> None:
-        # One confusion matrix over the whole split (MMSeg), summed across DDP ranks.
-        matrix = self.val_confusion.overall.matrix.to(self.device)
-        if self.trainer.world_size > 1:
-            matrix = self.trainer.strategy.reduce(matrix.float(), reduce_op="sum").round().long()
-        scores = scores_from_confusion(matrix.cpu())
+        # One confusion matrix over the whole split (MMSeg), summed across DDP ranks in int64.
+        # Each tile is counted once: the data module gives every rank an unpadded shard.
+        matrix = all_reduce_counts(self.val_confusion.overall.matrix.to(self.device)).cpu()
+        self.val_matrix = matrix
+        scores = scores_from_confusion(matrix)
         self.log("val/miou", float(scores.miou), prog_bar=True, sync_dist=False)
         self.log("val/acc", float(scores.accuracy), sync_dist=False)
 

@@ -14,20 +14,23 @@ from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
+import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from ..data.datamodule import LoveDADataModule
-from ..runtime import training_precision
+from ..errors import ConfigError
+from ..runtime import device_type, training_precision
 from .callbacks import PeakMemoryMonitor
 from .checkpoint import RESUME_REMEDY, last_checkpoint, read_checkpoint
 from .recipe import Recipe
+from .sync_batchnorm import BatchNormSync
 from .task import SegmentationTask
 
 
 def build_datamodule(recipe: Recipe, data_root: str | Path | None = None, **options: Any) -> LoveDADataModule:
-    """The LoveDA data module with ``recipe``'s crop and batch size; ``options`` pass through
-    (``train_scenes``, ``eval_split``, ``num_workers``, ``seed``, ...)."""
+    """The LoveDA data module with ``recipe``'s crop and batch size (per device); ``options`` pass
+    through (``train_scenes``, ``eval_split``, ``num_workers``, ``seed``, ...)."""
     return LoveDADataModule(data_root, batch_size=recipe.batch_size, crop_size=recipe.crop_size, **options)
 
 
@@ -52,7 +55,12 @@ def build_trainer(
 
     ``max_steps`` stops earlier than the recipe's schedule (which the task keeps). The recipe's
     ``precision=None`` is :func:`loveda_utils.runtime.training_precision`'s choice.
-    ``devices``/``strategy``/``num_nodes`` pass through to Lightning (e.g. ``"ddp"``).
+    ``devices``/``strategy``/``num_nodes`` pass through to Lightning (e.g. ``"ddp"``); the
+    recipe's ``batch_size`` is each device's, so ``devices`` multiplies the global batch (as
+    MMSeg's ``4xb4``), and under DDP BatchNorm is synchronised over it (SyncBN, as MMSeg's LoveDA
+    configs; :mod:`loveda_utils.training.sync_batchnorm`). On CUDA, cuDNN picks its fastest
+    convolution algorithms (``cudnn.benchmark``, on in MMSeg's training runtime) unless
+    ``deterministic``.
     """
     run_dir = Path(run_dir)
     steps = recipe.max_steps if max_steps is None else max_steps
@@ -78,6 +86,10 @@ def build_trainer(
         devices=devices,
         strategy=strategy,
         num_nodes=num_nodes,
+        # Applied by the parallel strategies only: one device keeps plain BatchNorm.
+        sync_batchnorm=True,
+        plugins=[BatchNormSync(device_type(accelerator))],
+        benchmark=device_type(accelerator) == "cuda" and not deterministic,
         precision=training_precision(accelerator, recipe.precision),  # type: ignore[arg-type]
         gradient_clip_val=recipe.gradient_clip_val,
         callbacks=callbacks,
@@ -99,6 +111,8 @@ class TrainOutcome:
 
     Attributes:
         steps: optimiser steps the weights have had (the Trainer's ``global_step``).
+        devices: training processes over all nodes (the Trainer's ``world_size``): a step's
+            global batch is the recipe's ``batch_size`` (per device) times this.
         seconds: wall time of this fit (``None`` when nothing was trained here).
         precision: Lightning's precision the fit ran in.
         peak_memory_gb, memory_source: peak training memory and how it was read
@@ -109,6 +123,7 @@ class TrainOutcome:
     """
 
     steps: int
+    devices: int | None
     seconds: float | None
     precision: str | None
     peak_memory_gb: float | None
@@ -129,6 +144,7 @@ def fit(
     channels_last: bool = False,
     max_steps: int | None = None,
     resume: bool = True,
+    allow_cpu: bool = False,
     **trainer_options: Any,
 ) -> TrainOutcome:
     """Train ``model`` (a registry name, or a task built already) by ``recipe`` into ``run_dir``.
@@ -138,22 +154,43 @@ def fit(
     :class:`~loveda_utils.errors.CheckpointError` that says what to do. ``max_steps`` stops the
     fit early without shortening the schedule (``estimate`` times a few steps this way);
     ``trainer_options`` go to :func:`build_trainer` (``accelerator``, ``devices``, ``strategy``
-    for DDP, ``extra_callbacks``, ``progress``, ...).
+    for DDP, ``extra_callbacks``, ``progress``, ...). ``cudnn.benchmark`` is back to its previous
+    value after the fit (fps timing runs without it).
+
+    Raises:
+        ConfigError: when a GPU recipe's full schedule would train on the CPU
+            (:meth:`~loveda_utils.training.recipe.Recipe.refuses_cpu`), e.g. ``accelerator="auto"``
+            finding no usable GPU, unless ``allow_cpu``.
     """
     run_dir = Path(run_dir)
+    accelerator = trainer_options.get("accelerator", "auto")
+    steps = recipe.max_steps if max_steps is None else max_steps
+    if not allow_cpu and device_type(accelerator) == "cpu" and recipe.refuses_cpu(steps):
+        why = (f"check nvidia-smi and that the driver supports torch's CUDA {torch.version.cuda}"
+               if torch.version.cuda else "this torch build has no CUDA: install a CUDA build")
+        raise ConfigError(
+            f"recipe {recipe.name!r} trains {steps} steps, meant for a GPU, but "
+            f"accelerator={accelerator!r} resolves to the CPU ({why}); pass allow_cpu=True "
+            "(train --allow-cpu) to train on the CPU all the same"
+        )
     task = model if isinstance(model, SegmentationTask) else SegmentationTask.from_recipe(
         model, recipe, channels_last=channels_last)
-    trainer = build_trainer(run_dir, recipe, max_steps=max_steps, **trainer_options)
-    resumed_from = last_checkpoint(run_dir) if resume else None
-    if resumed_from is not None:
-        read_checkpoint(resumed_from, remedy=RESUME_REMEDY)
-    start = time.perf_counter()
-    trainer.fit(task, datamodule=datamodule, ckpt_path=resumed_from, weights_only=True)
-    seconds = time.perf_counter() - start
+    cudnn_benchmark = torch.backends.cudnn.benchmark
+    try:
+        trainer = build_trainer(run_dir, recipe, max_steps=max_steps, **trainer_options)
+        resumed_from = last_checkpoint(run_dir) if resume else None
+        if resumed_from is not None:
+            read_checkpoint(resumed_from, remedy=RESUME_REMEDY)
+        start = time.perf_counter()
+        trainer.fit(task, datamodule=datamodule, ckpt_path=resumed_from, weights_only=True)
+        seconds = time.perf_counter() - start
+    finally:
+        torch.backends.cudnn.benchmark = cudnn_benchmark
     memory = next(cb for cb in trainer.callbacks if isinstance(cb, PeakMemoryMonitor))
     loss = trainer.callback_metrics.get("train/loss")
     return TrainOutcome(
         steps=trainer.global_step,
+        devices=trainer.world_size,
         seconds=seconds,
         precision=str(trainer.precision),
         peak_memory_gb=memory.peak_gb,

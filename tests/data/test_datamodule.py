@@ -221,3 +221,93 @@ def test_eval_loader_reads_ahead_with_identical_batches(tiny_tree: Path) -> None
     # Loader workers decode in parallel already: no read-ahead on top of them.
     dm = LoveDADataModule(tiny_tree, eval_split="val", num_workers=1)
     assert not isinstance(dm.val_dataloader().dataset, ReadAhead)
+
+
+# -- processes: workers from the cores at hand, one shard per DDP rank -----------------------
+
+
+def _cores(monkeypatch: pytest.MonkeyPatch, affinity: int, cuda: bool = True) -> None:
+    """A machine of 128 cores of which this process may run on ``affinity``."""
+    from loveda_utils import runtime
+
+    monkeypatch.setattr(runtime.os, "sched_getaffinity", lambda pid: set(range(affinity)))
+    monkeypatch.setattr(runtime.os, "cpu_count", lambda: 128)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.delenv(runtime.CORES_ENV, raising=False)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+
+
+def test_default_workers_follow_the_cores_this_process_may_use(monkeypatch: pytest.MonkeyPatch) -> None:
+    from loveda_utils.data.datamodule import default_num_workers
+    from loveda_utils.runtime import CORES_ENV
+
+    _cores(monkeypatch, affinity=32)
+    # All but the core of the main process, with no fixed cap (it used to stop at 8).
+    assert default_num_workers() == 31
+    assert default_num_workers(processes=2) == 15  # two DDP ranks on this machine
+    monkeypatch.setenv(CORES_ENV, "16")  # the suite's share for one of two models side by side
+    assert default_num_workers() == 15
+    monkeypatch.setenv(CORES_ENV, "64")  # a budget never exceeds the affinity
+    assert default_num_workers() == 31
+    monkeypatch.setenv(CORES_ENV, "many")
+    with pytest.raises(ValueError, match=r"\$LOVEDA_CORES='many': must be a positive number"):
+        default_num_workers()
+    _cores(monkeypatch, affinity=4)  # a scheduler's 4 cores of the 128 (os.cpu_count)
+    assert default_num_workers() == 3
+    _cores(monkeypatch, affinity=6, cuda=False)  # CPU: the cores torch's threads leave free
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 4)
+    assert default_num_workers() == 2
+
+
+def test_datamodule_workers_are_shared_by_the_ranks_on_this_machine(
+    tiny_tree: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _cores(monkeypatch, affinity=32)
+    dm = LoveDADataModule(tiny_tree)
+    assert dm.num_workers == 31
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")  # torchrun's 4 ranks on this node
+    assert dm.num_workers == 7
+    dm.trainer = type("Trainer", (), {"num_devices": 2})()  # Lightning's, once attached
+    assert dm.num_workers == 15
+    assert LoveDADataModule(tiny_tree, num_workers=3).num_workers == 3  # asked for: kept
+
+
+def test_rank_seeds_differ_per_rank_and_keep_rank_zero(monkeypatch: pytest.MonkeyPatch) -> None:
+    from loveda_utils.data.datamodule import rank_seed
+
+    assert rank_seed(7, 0) == 7  # a single process draws what it always drew
+    seeds = {rank_seed(7, rank) for rank in range(8)} | {rank_seed(8, rank) for rank in range(8)}
+    assert len(seeds) == 16 and all(0 <= s < 2**63 for s in seeds)
+    assert rank_seed(7, 3) == rank_seed(7, 3)
+
+
+def _as_rank(monkeypatch: pytest.MonkeyPatch, rank: int, world: int) -> None:
+    from loveda_utils.data import datamodule
+
+    monkeypatch.setattr(datamodule, "distributed_rank", lambda: (rank, world))
+
+
+def test_ddp_shards_train_padded_and_evaluate_each_tile_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from conftest import write_tree
+
+    root = write_tree(tmp_path / "loveda", n=3)  # 6 training tiles, 6 val tiles
+    train: list[list[str]] = []
+    val: list[list[str]] = []
+    for rank in range(2):
+        _as_rank(monkeypatch, rank, 2)
+        dm = LoveDADataModule(root, batch_size=2, crop_size=32, num_workers=0, seed=1,
+                              limit_eval_images=3)
+        train.append([n for b in dm.train_dataloader() for n in b["name"]])
+        val.append([n for b in dm.val_dataloader() for n in b["name"]])
+    assert len(train[0]) == len(train[1]) == 2 and not set(train[0]) & set(train[1])
+    # An odd number of tiles: 2 + 1, every tile once (a padded shard counts one twice).
+    _as_rank(monkeypatch, 0, 1)
+    single = LoveDADataModule(root, num_workers=0, limit_eval_images=3).val_dataloader()
+    assert (len(val[0]), len(val[1])) == (2, 1)
+    assert sorted(val[0] + val[1]) == sorted(n for b in single for n in b["name"])
+    _as_rank(monkeypatch, 0, 4)
+    dm = LoveDADataModule(root, num_workers=0, limit_eval_images=3)
+    with pytest.raises(ConfigError, match=r"3 tile\(s\) for 4 DDP processes.*limit_eval_images"):
+        dm.val_dataloader()

@@ -13,16 +13,17 @@ import lightning as L
 import pytest
 import torch
 
+from loveda_utils import runtime
 from loveda_utils.runtime import amp_dtype, precision_dtype, training_precision
 from loveda_utils.training.recipe import QUICK
 from loveda_utils.training.trainer import build_trainer
 
 
 def _gpu(monkeypatch: pytest.MonkeyPatch, native_bf16: bool) -> None:
-    """A visible GPU; bf16 natively (Ampere and later) or only by emulation (earlier GPUs)."""
+    """A visible GPU, CUDA not initialised yet; bf16 natively (compute capability 8.0: Ampere and
+    later) or only by emulation (earlier GPUs)."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported",
-                        lambda including_emulation=True: native_bf16 or including_emulation)
+    monkeypatch.setattr(runtime, "cuda_capability", lambda: (8, 0) if native_bf16 else (7, 5))
 
 
 class _CapturedTrainer:

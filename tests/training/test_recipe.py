@@ -30,7 +30,7 @@ def test_mmseg_recipe_is_mmsegs_loveda_schedule() -> None:
     assert get_recipe("mmseg") is MMSEG
     assert (MMSEG.optimizer, MMSEG.lr, MMSEG.momentum, MMSEG.weight_decay) == ("sgd", 0.01, 0.9, 5e-4)
     assert (MMSEG.poly_power, MMSEG.min_lr, MMSEG.max_steps) == (0.9, 1e-4, 80_000)
-    assert (MMSEG.crop_size, MMSEG.batch_size, MMSEG.aux_weight) == (512, 16, 0.4)
+    assert (MMSEG.crop_size, MMSEG.batch_size, MMSEG.aux_weight) == (512, 4, 0.4)  # 4 per GPU
     assert set(RECIPES) == {"mmseg", "quick"} and RECIPES["quick"] is QUICK
 
 
@@ -109,7 +109,7 @@ def test_train_flags_default_to_the_recipe() -> None:
     assert recipe == MMSEG
     assert params == {"model": "unet_resnet18", "data_root": None, "accelerator": "auto",
                       "devices": "auto", "strategy": "auto", "num_nodes": 1, "num_workers": None,
-                      "seed": 0}
+                      "seed": 0, "allow_cpu": False}
     recipe, params = _settings("--model", "unet_resnet18", "--recipe", "quick", "--lr", "0.5",
                                "--devices", "2", "--precision", "bf16-mixed")
     assert recipe == QUICK.replace(lr=0.5, precision="bf16-mixed") and params["devices"] == 2
