@@ -231,7 +231,7 @@ def test_protocol_footnote_says_which_rows_were_measured_before_mmsegs_definitio
     assert "the median per-image speed of forward + argmax, normalisation included: over 200 " \
         "images of 1024x1024, mixed precision (autocast)." in text
     assert "MMSeg's definition" not in text and "Inf time, fast" not in text
-    assert "torch.cuda.max_memory_allocated of the run's own training, batch 16 per device, 16-mixed" in text
+    assert "torch.cuda.max_memory_allocated of the run's own training, batch 4 per device, 16-mixed" in text
     assert "pooling): not counted (the record predates the field)." in text
     text = _protocol([make_record(), old])
     assert "timed images / their total time), except PSPNet R-101 (recorded before: the " \
