@@ -252,9 +252,12 @@ class BenchmarkRun:
 
     def plot_visuals(self):
         """Image, ground truth, this model's prediction and its error map on the comparison
-        tiles (the figure the results notebook draws for every model side by side)."""
+        tiles (the figure the results notebook draws for every model side by side); None
+        with ``visual_tiles=0``."""
         from ..visuals.comparison import TilePredictions, plot_prediction_grid, read_prediction
 
+        if self.config.visual_tiles <= 0:
+            return None
         base = _base(self.datamodule.eval_dataset)
         rows = []
         for index in visual_tile_indices(base, self.config.visual_tiles):
