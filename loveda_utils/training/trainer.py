@@ -173,8 +173,9 @@ def fit(
     run_dir = Path(run_dir)
     steps = recipe.max_steps if max_steps is None else max_steps
     resumed_from = last_checkpoint(run_dir) if resume else None
+    name = model.hparams.model if isinstance(model, SegmentationTask) else model
     if resumed_from is not None:
-        _check_resumable(resumed_from, steps)
+        _check_resumable(resumed_from, name, steps)
     task = model if isinstance(model, SegmentationTask) else SegmentationTask.from_recipe(
         model, recipe, channels_last=channels_last)
     trainer = build_trainer(run_dir, recipe, max_steps=max_steps, **trainer_options)
@@ -206,10 +207,18 @@ def fit(
     )
 
 
-def _check_resumable(path: Path, max_steps: int) -> None:
-    """Refuse a ``last.ckpt`` that is damaged or already past ``max_steps`` (the fit would stop
-    at once and report steps its settings do not have)."""
-    step = int(read_checkpoint(path, remedy=RESUME_REMEDY).get("global_step", 0))
+def _check_resumable(path: Path, model: str, max_steps: int) -> None:
+    """Refuse a ``last.ckpt`` that is damaged, of another model (Lightning would fail inside
+    ``load_state_dict``), or already past ``max_steps`` (the fit would stop at once and report
+    steps its settings do not have)."""
+    data = read_checkpoint(path, remedy=RESUME_REMEDY)
+    trained = (data.get("hyper_parameters") or {}).get("model")
+    if trained is not None and trained != model:
+        raise CheckpointError(
+            f"checkpoint {path} holds model {trained!r}, not model={model!r}: resume it with "
+            f"model={trained!r}, or {RESUME_REMEDY}"
+        )
+    step = int(data.get("global_step", 0))
     if step > max_steps:
         raise CheckpointError(
             f"checkpoint {path} is at step {step}, past max_steps={max_steps}: resume it with "

@@ -13,8 +13,8 @@ import torch
 from loveda_utils.cli import main as cli
 from loveda_utils.errors import CheckpointError
 from loveda_utils.training.checkpoint import load_checkpoint, read_checkpoint
-from loveda_utils.training.segments import SEGMENTS_KEY
 from loveda_utils.training.recipe import QUICK
+from loveda_utils.training.segments import SEGMENTS_KEY
 from loveda_utils.training.trainer import build_datamodule, fit
 
 MODEL = "lraspp_mobilenet_v3_large"

@@ -95,6 +95,16 @@ def test_a_checkpoint_past_max_steps_is_refused(mini_loveda: Path, tmp_path: Pat
         _fit(mini_loveda, tmp_path, steps=2)
 
 
+def test_a_checkpoint_of_another_model_is_refused(mini_loveda: Path, tmp_path: Path) -> None:
+    """Lightning failed inside load_state_dict with hundreds of missing keys."""
+    _fit(mini_loveda, tmp_path, steps=2)
+    recipe = RECIPE.replace(max_steps=3)
+    with pytest.raises(CheckpointError, match=rf"holds model '{MODEL}', not model='unet_resnet18': "
+                       rf"resume it with model='{MODEL}', or move it aside"):
+        fit(recipe, build_datamodule(recipe, mini_loveda, num_workers=0), tmp_path,
+            model="unet_resnet18", progress=False)
+
+
 # -- a resumed run's outcome keeps its facts -----------------------------------------------------------
 
 
