@@ -48,7 +48,15 @@ class TrainSegment:
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> TrainSegment:
-        return cls(**{name: values.get(name) for name in cls.__dataclass_fields__})
+        def number(name: str) -> float | None:
+            value = values.get(name)
+            return None if value is None else float(value)
+
+        source = values.get("memory_source")
+        return cls(start_step=int(values["start_step"]), end_step=int(values["end_step"]),
+                   seconds=number("seconds"), peak_memory_gb=number("peak_memory_gb"),
+                   memory_source=None if source is None else str(source),
+                   final_loss=number("final_loss"))
 
 
 @dataclass(frozen=True)
@@ -150,5 +158,6 @@ class SegmentLog(L.Callback):
         return self._with(self._current(trainer, pl_module))
 
     def _with(self, current: TrainSegment | None) -> tuple[TrainSegment, ...]:
-        ran = current is not None and current.end_step > current.start_step
-        return (*self.previous, *([current] if ran else []))
+        if current is None or current.end_step == current.start_step:
+            return tuple(self.previous)
+        return (*self.previous, current)

@@ -173,7 +173,7 @@ def fit(
     run_dir = Path(run_dir)
     steps = recipe.max_steps if max_steps is None else max_steps
     resumed_from = last_checkpoint(run_dir) if resume else None
-    name = model.hparams.model if isinstance(model, SegmentationTask) else model
+    name = str(model.hparams["model"]) if isinstance(model, SegmentationTask) else model
     if resumed_from is not None:
         _check_resumable(resumed_from, name, steps)
     task = model if isinstance(model, SegmentationTask) else SegmentationTask.from_recipe(
@@ -189,7 +189,7 @@ def fit(
             if trainer.interrupted and not isinstance(exc, SIGTERMException):
                 raise KeyboardInterrupt(_interrupted(trainer, run_dir, resumed_from)) from None
             raise
-    log = next(cb for cb in trainer.callbacks if isinstance(cb, SegmentLog))
+    log = _callback(trainer, SegmentLog)
     history = TrainingHistory(log.segments(trainer, task))
     return TrainOutcome(
         steps=trainer.global_step,
@@ -205,6 +205,12 @@ def fit(
         resumed_from_step=history.resumed_from_step,
         segments=history.segments,
     )
+
+
+def _callback[C: L.Callback](trainer: L.Trainer, kind: type[C]) -> C:
+    """The Trainer's callback of ``kind`` (:func:`build_trainer` adds one of each)."""
+    callbacks: list[L.Callback] = trainer.callbacks  # type: ignore[attr-defined]  # set by Lightning
+    return next(cb for cb in callbacks if isinstance(cb, kind))
 
 
 def _check_resumable(path: Path, model: str, max_steps: int) -> None:
@@ -227,7 +233,7 @@ def _check_resumable(path: Path, model: str, max_steps: int) -> None:
 
 
 def _interrupted(trainer: L.Trainer, run_dir: Path, resumed_from: Path | None) -> str:
-    checkpoint = next(cb for cb in trainer.callbacks if isinstance(cb, RunCheckpoint))
+    checkpoint = _callback(trainer, RunCheckpoint)
     saved = checkpoint.saved_step
     if saved is None and resumed_from is None:
         return f"training interrupted at step {trainer.global_step}, before any checkpoint was saved"
