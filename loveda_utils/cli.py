@@ -163,18 +163,44 @@ def make_synthetic(args: argparse.Namespace) -> int:
 
 def _export_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_dir", help="a run folder holding predictions/<Split>/<Scene>/*.png")
+    p.add_argument("--data-root", default=None,
+                   help="the LoveDA root the run predicted, whose images the predictions must "
+                        "cover (default: data_root in RUN_DIR/config.yaml)")
     p.add_argument("--out", default=None, help="zip to write (default: RUN_DIR/submission.zip)")
     p.add_argument("--split", default="Test", help="which split's predictions (default: Test)")
 
 
-@command("export-submission", "zip a run's predictions for the LoveDA evaluation server", _export_args)
+def _run_data_root(run_dir: str) -> str:
+    """The ``data_root`` a run folder's ``config.yaml`` names (every run writes one)."""
+    from pathlib import Path
+
+    from .training.recipe import CONFIG_FILE, read_run_config
+
+    config = Path(run_dir) / CONFIG_FILE
+    if not config.is_file():
+        raise ConfigError(f"run_dir {run_dir}: no {CONFIG_FILE} to read the data root from; pass "
+                          "--data-root (the LoveDA root the run predicted), or a run folder "
+                          "written by notebooks/03_benchmark.ipynb or train")
+    root = read_run_config(config)[1].get("data_root")
+    if not root:
+        raise ConfigError(f"{config} names no data_root; pass --data-root (the LoveDA root the "
+                          "run predicted)")
+    return str(root)
+
+
+@command("export-submission", "check a run's predictions against the split's images and zip them "
+         "for the LoveDA evaluation server", _export_args)
 def export_submission(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from .data.classes import SPLITS, normalize_split
     from .evaluation.submission import export_submission as export
 
     (split,) = _names("--split", [args.split], normalize_split, SPLITS)
-    out = export(args.run_dir, out=args.out, split=split)
-    print(f"submission written to {out}")
+    # A missing run folder is export's to report (it says how to make predictions).
+    root = args.data_root or (_run_data_root(args.run_dir) if Path(args.run_dir).is_dir() else "")
+    out = export(args.run_dir, root, out=args.out, split=split)
+    print(f"submission written to {out} (checked against {root})")
     return 0
 
 
@@ -427,20 +453,44 @@ def train_settings(args: argparse.Namespace) -> tuple[Recipe, dict[str, Any]]:
             recipe_params = recipe.to_params()
     recipe = Recipe.from_params(recipe_params | given)
     params.update({k: v for k, v in given.items() if k in TRAIN_DEFAULTS})
-    if isinstance(params["devices"], str) and params["devices"].isdigit():
+    if isinstance(params["devices"], str) and params["devices"].lstrip("-").isdigit():
         params["devices"] = int(params["devices"])
     if not params["model"]:
         raise ConfigError("--model: missing; pass a registry name, or --config with a run's config.yaml")
+    _check_train_params(params)
     return recipe, params
+
+
+#: ``train``'s integer parameters: (flag, lowest value, highest value or None).
+_TRAIN_INTS = {"num_nodes": ("--num-nodes", 1, None), "num_workers": ("--num-workers", 0, None),
+               "seed": ("--seed", 0, 2**32 - 1)}  # numpy seeds 0..2**32-1
+
+
+def _check_train_params(params: dict[str, Any]) -> None:
+    """Refuse what Lightning or numpy would refuse with a traceback, naming the flag."""
+    for key, (flag, low, high) in _TRAIN_INTS.items():
+        value = params[key]
+        if value is None:
+            continue
+        bad = not isinstance(value, int) or isinstance(value, bool) or value < low
+        if bad or (high is not None and value > high):
+            bounds = f"{low}..{high}" if high is not None else f">= {low}"
+            raise ConfigError(f"{flag} {value!r}: must be an integer {bounds}")
+    devices = params["devices"]
+    if isinstance(devices, int) and (devices == 0 or devices < -1):
+        raise ConfigError(f"--devices {devices}: use a positive count, -1 (all), a list such as "
+                          "0,1, or auto")
 
 
 @command("train", "train one model with Lightning (multi-GPU/multi-node with --strategy ddp)", _train_args)
 def train(args: argparse.Namespace) -> int:
     import lightning as L
     from lightning.pytorch.utilities import rank_zero_only
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
 
     from .data.root import resolve_data_root
     from .results.store import check_output_folder, claim_folder
+    from .training.checkpoint import last_checkpoint_path
     from .training.recipe import CONFIG_FILE, write_run_config
     from .training.trainer import build_datamodule, fit
 
@@ -455,9 +505,18 @@ def train(args: argparse.Namespace) -> int:
     if rank_zero:
         rerun = f"python -m loveda_utils train --config {run_dir / CONFIG_FILE} --run-dir NEW_RUN_DIR"
         write_run_config(run_dir, recipe, params | {"data_root": str(root)}, rerun=rerun)
-    outcome = fit(recipe, datamodule, run_dir, model=params["model"], accelerator=params["accelerator"],
-                  devices=params["devices"], strategy=params["strategy"], num_nodes=params["num_nodes"],
-                  allow_cpu=params["allow_cpu"])
+    try:
+        outcome = fit(recipe, datamodule, run_dir, model=params["model"],
+                      accelerator=params["accelerator"], devices=params["devices"],
+                      strategy=params["strategy"], num_nodes=params["num_nodes"],
+                      allow_cpu=params["allow_cpu"])
+    except KeyboardInterrupt as exc:  # fit saved the steps done and says where
+        print(f"interrupted: {exc or 'training stopped'}; the same command resumes", file=sys.stderr)
+        return 130
+    except SIGTERMException:
+        print(f"stopped by SIGTERM: {last_checkpoint_path(run_dir)} holds the steps done; the same "
+              "command resumes", file=sys.stderr)
+        return 143
     trainer = outcome.trainer
     if trainer is not None and trainer.global_rank == 0:
         print(f"trained {params['model']} to step {outcome.steps} on {trainer.world_size} process(es); "

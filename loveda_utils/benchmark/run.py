@@ -22,6 +22,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Subset
 
+from ..data.classes import CLASS_NAMES
 from ..data.datamodule import LoveDADataModule
 from ..data.root import resolve_data_root
 from ..errors import CheckpointError
@@ -53,6 +54,10 @@ from .measure import (
     measure_fps_fast,
 )
 from .memory import TrainingMemory, measure_training_memory
+
+#: Appended to the run group of a Test-split run: its predictions are for the evaluation
+#: server, it has no scores, and it must not replace the scored row of its model in the table.
+PREDICTIONS_ONLY_GROUP = "-test"
 
 #: Packages whose versions go into every record.
 VERSIONED = ("torch", "torchvision", "torchgeo", "segmentation-models-pytorch", "timm", "lightning",
@@ -141,6 +146,8 @@ class BenchmarkRun:
         self.datamodule.setup(None if not c.checkpoint else "validate")
         self.run_group = run_group_for(c.model, self.datamodule.synthetic, self.trained_as.crop_size,
                                        self.trained_as.lr_schd, c.train_scenes)
+        if self.datamodule.eval_split == "Test":
+            self.run_group += PREDICTIONS_ONLY_GROUP
         self.run_dir = self._run_dir(self.run_group)
         write_json_atomic(self.run_dir / PARAMS_FILE, c.to_dict())
         c.write(self.run_dir, self.root)
@@ -210,9 +217,12 @@ class BenchmarkRun:
         )
 
     def evaluate(self) -> Evaluation:
-        """Whole-tile (or sliding-window) evaluation on the eval split, then ms+flip if asked."""
+        """Whole-tile (or sliding-window) evaluation on the eval split, then ms+flip if asked
+        (and if anything was scored: on the Test split it would predict every tile 12 times
+        for nothing)."""
         single = self._evaluate(ms_flip=False, save=self.config.save_predictions)
-        ms_flip = self._evaluate(ms_flip=True, save=False) if self.config.ms_flip else None
+        scored = single.scores is not None
+        ms_flip = self._evaluate(ms_flip=True, save=False) if self.config.ms_flip and scored else None
         save_run_tiles(self.run_dir, single, ms_flip)
         self.evaluation = Evaluation(single=single, ms_flip=ms_flip)
         return self.evaluation
@@ -231,10 +241,16 @@ class BenchmarkRun:
         return sorted((self.run_dir / "visuals").rglob("*.png"))
 
     def scores_table(self):
-        """Per-class IoU (%) with the overall and per-scene mIoU, plain and ms+flip side by side."""
+        """Per-class IoU (%) with the overall and per-scene mIoU, plain and ms+flip side by side
+        (on the Test split, which has no masks: what was predicted and where it was saved)."""
         import pandas as pd
 
         evaluation = _require(self.evaluation, "evaluate")
+        if evaluation.single.scores is None:
+            saved = evaluation.single.predictions_dir
+            return pd.DataFrame({"predicted tiles": [evaluation.single.n_images],
+                                 "scored tiles": [evaluation.single.n_scored],
+                                 "predictions": [str(saved) if saved else "not saved"]})
         columns = {"whole" if self.config.eval_mode == "whole" else "slide": evaluation.single}
         if evaluation.ms_flip is not None:
             columns["ms+flip"] = evaluation.ms_flip
@@ -250,9 +266,12 @@ class BenchmarkRun:
 
     def plot_visuals(self):
         """Image, ground truth, this model's prediction and its error map on the comparison
-        tiles (the figure the results notebook draws for every model side by side)."""
+        tiles (the figure the results notebook draws for every model side by side); None
+        with ``visual_tiles=0``."""
         from ..visuals.comparison import TilePredictions, plot_prediction_grid, read_prediction
 
+        if self.config.visual_tiles <= 0:
+            return None
         base = _base(self.datamodule.eval_dataset)
         rows = []
         for index in visual_tile_indices(base, self.config.visual_tiles):
@@ -306,10 +325,12 @@ class BenchmarkRun:
         measurement = _require(self.measurement, "measure")
         spec, model = get_spec(c.model), training.task.model
         single, ms = evaluation.single, evaluation.ms_flip
+        scores, ms_scores = single.scores, (ms.scores if ms else None)
         speed, fast, memory = measurement.speed, measurement.speed_fast, measurement.memory
         dataset = self.datamodule.describe()
         dataset["n_images"] = single.n_images
         ci = uncertainty_fields(single, ms)
+        unscored = dict.fromkeys(CLASS_NAMES)  # the Test split: no mask, no IoU
         return check_record_keys({
             "schema": RECORD_SCHEMA,
             "run_name": self.run_dir.name,
@@ -340,12 +361,12 @@ class BenchmarkRun:
             "precision": training.precision,
             "amp": speed.amp,
             "eval_amp": single.settings["amp"],
-            "miou": single.scores.miou,
-            "miou_ms_flip": ms.scores.miou if ms else None,
-            "accuracy": single.scores.accuracy,
-            "mean_f1": single.scores.mean_f1,
-            "per_class_iou": single.scores.per_class_iou,
-            "per_class_iou_ms_flip": ms.scores.per_class_iou if ms else None,
+            "miou": single.miou,
+            "miou_ms_flip": ms.miou if ms else None,
+            "accuracy": scores.accuracy if scores else None,
+            "mean_f1": scores.mean_f1 if scores else None,
+            "per_class_iou": scores.per_class_iou if scores else unscored,
+            "per_class_iou_ms_flip": (ms_scores.per_class_iou if ms_scores else unscored) if ms else None,
             "per_scene_miou": _per_scene(single),
             "per_scene_miou_ms_flip": _per_scene(ms) if ms else None,
             "miou_ci": ci["miou_ci"],
@@ -359,7 +380,10 @@ class BenchmarkRun:
             "eval_mode": c.eval_mode,
             "dataset": dataset,
             "train_seconds": training.seconds,
+            "train_segments": len(training.segments) or None,
+            "resumed_from_step": training.resumed_from_step,
             "eval_seconds": single.seconds,
+            "saved_predictions": _saved_predictions(single, dataset["split"]),
             "final_loss": training.final_loss,
             "checkpoint": _relative(training.checkpoint, self.run_dir),
             "config": c.to_dict(),
@@ -410,6 +434,13 @@ def _base(dataset):
 def _per_scene(result) -> dict[str, float | None]:
     return {scene: (result.per_scene[scene].miou if scene in result.per_scene else None)
             for scene in ("urban", "rural")}
+
+
+def _saved_predictions(result: EvaluationResult, split: str) -> int | None:
+    """The prediction PNGs on disk for ``split`` (None when the evaluation saved none)."""
+    if result.predictions_dir is None:
+        return None
+    return sum(1 for _ in (Path(result.predictions_dir) / split).glob("*/*.png"))
 
 
 def _relative(path: Path | None, run_dir: Path) -> str | None:

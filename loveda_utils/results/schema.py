@@ -103,7 +103,8 @@ FIELDS: tuple[Field, ...] = (
     Field("run_name", "str", "the run folder's name: `runs/<run_name>/`"),
     Field("run_group", "str", "`<model>-<mini|loveda>[-<urban|rural>]-<crop_size>px-<lr_schd>it` "
        "(the scene when trained on one domain only): runs of one group are repeats; the table "
-       "keeps the newest"),
+       "keeps the newest. A Test-split run (predictions only, for the evaluation server) appends "
+       "`-test`, so it never replaces a scored row"),
     Field("status", "str", "written only once the run completed", choices=("complete",)),
     Field("model", "str", "registry name (`loveda_utils/models/registry.py`)"),
     Field("method", "str", "the table's Method (from the registry entry)"),
@@ -168,8 +169,10 @@ FIELDS: tuple[Field, ...] = (
        "pixel was evaluated", nullable=True),
     Field("miou_ms_flip", "fraction", "mIoU with multi-scale + flip test-time augmentation; null "
        "when not run", nullable=True),
-    Field("accuracy", "fraction", "overall pixel accuracy (MMSeg's aAcc)"),
-    Field("mean_f1", "fraction", "mean F1 (MMSeg's mDice) over the classes"),
+    Field("accuracy", "fraction", "overall pixel accuracy (MMSeg's aAcc); null when no pixel "
+       "was scored (the Test split has no masks)", nullable=True),
+    Field("mean_f1", "fraction", "mean F1 (MMSeg's mDice) over the classes; null when no pixel "
+       "was scored", nullable=True),
     Field("per_class_iou", "object", "IoU per class; null for a class absent from both "
        "prediction and ground truth", keys=CLASS_NAMES, values="fraction"),
     Field("per_class_iou_ms_flip", "object", "`per_class_iou` with ms+flip; null when not run",
@@ -211,11 +214,20 @@ FIELDS: tuple[Field, ...] = (
         Field("n_images", "int", "evaluated tiles"),
         Field("synthetic", "bool", "true on the generated mini-LoveDA: never a LoveDA result"),
     )),
-    Field("train_seconds", "float", f"wall-clock training time; {_NOT_TRAINED}", nullable=True,
+    Field("train_seconds", "float", "wall-clock training time, summed over the training "
+       f"segments; null when a segment's time is unknown or {_NOT_TRAINED}", nullable=True,
        unit="s"),
+    Field("train_segments", "int", "fits the training took: 1 in one go, one more per resume "
+       f"of an interrupted run; {_NOT_TRAINED}", nullable=True, since=2),
+    Field("resumed_from_step", "int", "the step the last training segment resumed from (its "
+       "`last.ckpt`); null when trained in one go or only evaluated here", nullable=True,
+       since=2),
     Field("eval_seconds", "float", "wall-clock time of the single-scale evaluation", nullable=True,
        unit="s"),
-    Field("final_loss", "float", f"training loss at the last step; {_NOT_TRAINED}",
+    Field("saved_predictions", "int", "prediction PNGs written under "
+       "`predictions/<Split>/<Scene>/` (`config.save_predictions`), one per evaluated tile; "
+       "null when none were saved", nullable=True, since=2),
+    Field("final_loss", "float", f"training loss at the last step (of the last segment); {_NOT_TRAINED}",
        nullable=True),
     Field("checkpoint", "str", "the trained or evaluated checkpoint (relative to the run folder "
        "when inside it)", nullable=True),

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 
 from ..errors import CheckpointError
 from .task import SegmentationTask
@@ -28,6 +29,9 @@ RESUME_REMEDY = (
     "move it aside to restart the run from step 0, or start a fresh run folder "
     "(run-suite --force, another run_name, or another train --run-dir)"
 )
+
+#: The run folder's checkpoint folder.
+CHECKPOINTS_DIR = "checkpoints"
 
 _UNSAFE = re.compile(r"Unsupported global: GLOBAL (\S+)")
 
@@ -120,7 +124,13 @@ def _int_or_none(value: Any) -> int | None:
     return None if value is None else int(value)
 
 
+def last_checkpoint_path(run_dir: str | Path) -> Path:
+    """``<run_dir>/checkpoints/last.ckpt``: where a run keeps the checkpoint it resumes from
+    (Lightning's ``ModelCheckpoint`` names it ``last``)."""
+    return Path(run_dir) / CHECKPOINTS_DIR / f"{ModelCheckpoint.CHECKPOINT_NAME_LAST}{ModelCheckpoint.FILE_EXTENSION}"
+
+
 def last_checkpoint(run_dir: str | Path) -> Path | None:
-    """``<run_dir>/checkpoints/last.ckpt`` when a previous run left one (for resuming)."""
-    path = Path(run_dir) / "checkpoints" / "last.ckpt"
+    """:func:`last_checkpoint_path` when a previous run left one (for resuming)."""
+    path = last_checkpoint_path(run_dir)
     return path if path.is_file() else None

@@ -179,6 +179,26 @@ DEFAULT_RECIPE = MMSEG.name
 GPU_RECIPES: frozenset[str] = frozenset({MMSEG.name})
 
 
+#: The longest stretch of iterations a run trains without writing ``last.ckpt`` (the ``mmseg``
+#: schedule's 80k iterations: 80 checkpoints).
+CHECKPOINT_EVERY = 1000
+#: Checkpoints per schedule at least, so a short run (``quick``: 150 iterations) interrupted
+#: half-way resumes from its middle instead of step 0.
+CHECKPOINTS_PER_SCHEDULE = 10
+
+
+def checkpoint_interval(max_steps: int) -> int:
+    """Iterations between two ``last.ckpt`` writes in a schedule of ``max_steps``: at most
+    :data:`CHECKPOINT_EVERY`, and :data:`CHECKPOINTS_PER_SCHEDULE` of them per schedule (every
+    step for a schedule shorter than that). The Trainer also writes one at the last step.
+
+    >>> checkpoint_interval(80_000), checkpoint_interval(150), checkpoint_interval(6)
+    (1000, 15, 1)
+    """
+    check_positive_int("max_steps", max_steps)
+    return max(1, min(CHECKPOINT_EVERY, max_steps // CHECKPOINTS_PER_SCHEDULE))
+
+
 def get_recipe(name: str) -> Recipe:
     """The named recipe; an unknown name is refused with the valid ones."""
     if name not in RECIPES:

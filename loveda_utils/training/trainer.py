@@ -8,22 +8,32 @@ development benchmark's training section all build their pieces here: the data m
 
 from __future__ import annotations
 
-import time
+import signal
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.callbacks import LearningRateMonitor, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from ..data.datamodule import LoveDADataModule
-from ..errors import ConfigError
+from ..errors import CheckpointError, ConfigError
 from ..runtime import device_type, training_precision
-from .callbacks import PeakMemoryMonitor
-from .checkpoint import RESUME_REMEDY, last_checkpoint, read_checkpoint
-from .recipe import Recipe
+from .callbacks import PeakMemoryMonitor, RunCheckpoint
+from .checkpoint import (
+    CHECKPOINTS_DIR,
+    RESUME_REMEDY,
+    last_checkpoint,
+    last_checkpoint_path,
+    read_checkpoint,
+)
+from .preflight import check_fit
+from .recipe import Recipe, checkpoint_interval
+from .segments import SegmentLog, TrainingHistory, TrainSegment
 from .sync_batchnorm import BatchNormSync
 from .task import SegmentationTask
 
@@ -50,8 +60,12 @@ def build_trainer(
     deterministic: bool | Literal["warn"] = False,
     extra_callbacks: list[L.Callback] | None = None,
 ) -> L.Trainer:
-    """A Trainer for ``recipe`` with the benchmark's callbacks: checkpoints (``last.ckpt`` for
-    resuming), CSV and TensorBoard logs, learning-rate log, peak-memory monitor, progress bar.
+    """A Trainer for ``recipe`` with the benchmark's callbacks: ``checkpoints/last.ckpt`` for
+    resuming (:class:`~loveda_utils.training.callbacks.RunCheckpoint`, every
+    ``checkpoint_every`` steps, default :func:`~loveda_utils.training.recipe.checkpoint_interval`
+    of the recipe's schedule), the segments it holds
+    (:class:`~loveda_utils.training.segments.SegmentLog`), CSV and TensorBoard logs,
+    learning-rate log, peak-memory monitor, progress bar.
 
     ``max_steps`` stops earlier than the recipe's schedule (which the task keeps). The recipe's
     ``precision=None`` is :func:`loveda_utils.runtime.training_precision`'s choice.
@@ -64,12 +78,13 @@ def build_trainer(
     """
     run_dir = Path(run_dir)
     steps = recipe.max_steps if max_steps is None else max_steps
-    every = checkpoint_every or max(1, min(steps, 1000))
+    every = checkpoint_every or checkpoint_interval(recipe.max_steps)
+    memory = PeakMemoryMonitor()
     callbacks: list[L.Callback] = [
-        ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0,
-                        every_n_train_steps=every),
+        RunCheckpoint(dirpath=str(run_dir / CHECKPOINTS_DIR), every_n_train_steps=every),
+        SegmentLog(memory),
         LearningRateMonitor(logging_interval="step"),
-        PeakMemoryMonitor(),
+        memory,
         *(extra_callbacks or []),
     ]
     if progress:
@@ -109,17 +124,23 @@ def build_trainer(
 class TrainOutcome:
     """What a training run gave (or, for an evaluated checkpoint, what is known of it).
 
+    A run trained in several segments (stopped and resumed) reports its whole training
+    (:class:`~loveda_utils.training.segments.TrainingHistory`), not only this fit's.
+
     Attributes:
         steps: optimiser steps the weights have had (the Trainer's ``global_step``).
         devices: training processes over all nodes (the Trainer's ``world_size``): a step's
             global batch is the recipe's ``batch_size`` (per device) times this.
-        seconds: wall time of this fit (``None`` when nothing was trained here).
+        seconds: training time summed over the segments (``None`` when nothing was trained
+            here, or a segment's time is unknown).
         precision: Lightning's precision the fit ran in.
-        peak_memory_gb, memory_source: peak training memory and how it was read
+        peak_memory_gb, memory_source: peak training memory of the segments and how it was read
             (:class:`~loveda_utils.training.callbacks.PeakMemoryMonitor`).
-        final_loss: the last logged training loss.
+        final_loss: the training loss logged at the last step.
         checkpoint: the checkpoint holding the weights (``last.ckpt``, or the one evaluated).
         resumed_from: the ``last.ckpt`` this fit continued from.
+        resumed_from_step: the step the last segment resumed from (``None``: trained in one go).
+        segments: the run's training segments, oldest first (empty when nothing was trained here).
     """
 
     steps: int
@@ -132,6 +153,8 @@ class TrainOutcome:
     checkpoint: Path | None
     resumed_from: Path | None
     task: SegmentationTask = field(repr=False)
+    resumed_from_step: int | None = None
+    segments: tuple[TrainSegment, ...] = ()
     trainer: L.Trainer | None = field(default=None, repr=False)
 
 
@@ -149,13 +172,19 @@ def fit(
 ) -> TrainOutcome:
     """Train ``model`` (a registry name, or a task built already) by ``recipe`` into ``run_dir``.
 
-    A ``last.ckpt`` left in ``run_dir`` by an interrupted run is resumed (``resume=False``:
-    start over); it is checked first, so a damaged one stops with a
-    :class:`~loveda_utils.errors.CheckpointError` that says what to do. ``max_steps`` stops the
-    fit early without shortening the schedule (``estimate`` times a few steps this way);
-    ``trainer_options`` go to :func:`build_trainer` (``accelerator``, ``devices``, ``strategy``
-    for DDP, ``extra_callbacks``, ``progress``, ...). ``cudnn.benchmark`` is back to its previous
-    value after the fit (fps timing runs without it).
+    A ``last.ckpt`` left in ``run_dir`` by an interrupted run is resumed, with these settings (a
+    longer ``max_steps`` continues the run; ``resume=False``: start over). It is checked first,
+    so a damaged one, or one past ``max_steps``, stops with a
+    :class:`~loveda_utils.errors.CheckpointError` that says what to do; so does a training
+    batch the model cannot take (:func:`~loveda_utils.training.preflight.check_fit`).
+    Interrupted (Ctrl-C), the fit saves its steps to ``last.ckpt`` and raises
+    ``KeyboardInterrupt`` saying so (Lightning's ``SystemExit`` would end a notebook's kernel);
+    on SIGTERM, Lightning's ``SIGTERMException``.
+
+    ``max_steps`` stops the fit early without shortening the schedule (``estimate`` times a few
+    steps this way); ``trainer_options`` go to :func:`build_trainer` (``accelerator``,
+    ``devices``, ``strategy`` for DDP, ``extra_callbacks``, ``progress``, ...).
+    ``cudnn.benchmark`` is back to its previous value after the fit (fps timing runs without it).
 
     Raises:
         ConfigError: when a GPU recipe's full schedule would train on the CPU
@@ -173,31 +202,89 @@ def fit(
             f"accelerator={accelerator!r} resolves to the CPU ({why}); pass allow_cpu=True "
             "(train --allow-cpu) to train on the CPU all the same"
         )
+    resumed_from = last_checkpoint(run_dir) if resume else None
+    name = str(model.hparams["model"]) if isinstance(model, SegmentationTask) else model
+    if resumed_from is not None:
+        _check_resumable(resumed_from, name, steps)
     task = model if isinstance(model, SegmentationTask) else SegmentationTask.from_recipe(
         model, recipe, channels_last=channels_last)
     cudnn_benchmark = torch.backends.cudnn.benchmark
     try:
         trainer = build_trainer(run_dir, recipe, max_steps=max_steps, **trainer_options)
-        resumed_from = last_checkpoint(run_dir) if resume else None
-        if resumed_from is not None:
-            read_checkpoint(resumed_from, remedy=RESUME_REMEDY)
-        start = time.perf_counter()
-        trainer.fit(task, datamodule=datamodule, ckpt_path=resumed_from, weights_only=True)
-        seconds = time.perf_counter() - start
+        check_fit(task, datamodule, trainer.world_size)
+        with _sigint_kept():
+            try:
+                trainer.fit(task, datamodule=datamodule, ckpt_path=resumed_from, weights_only=True)
+            except SystemExit as exc:
+                # Lightning turns Ctrl-C into sys.exit(1) after its on_exception hooks saved the
+                # steps done (RunCheckpoint); say so, as an interrupt (SIGTERM's exception passes).
+                if trainer.interrupted and not isinstance(exc, SIGTERMException):
+                    raise KeyboardInterrupt(_interrupted(trainer, run_dir, resumed_from)) from None
+                raise
     finally:
         torch.backends.cudnn.benchmark = cudnn_benchmark
-    memory = next(cb for cb in trainer.callbacks if isinstance(cb, PeakMemoryMonitor))
-    loss = trainer.callback_metrics.get("train/loss")
+    log = _callback(trainer, SegmentLog)
+    history = TrainingHistory(log.segments(trainer, task))
     return TrainOutcome(
         steps=trainer.global_step,
         devices=trainer.world_size,
-        seconds=seconds,
+        seconds=history.seconds,
         precision=str(trainer.precision),
-        peak_memory_gb=memory.peak_gb,
-        memory_source=memory.source,
-        final_loss=None if loss is None else float(loss),
+        peak_memory_gb=history.peak_memory_gb,
+        memory_source=history.memory_source,
+        final_loss=history.final_loss,
         checkpoint=last_checkpoint(run_dir),
         resumed_from=resumed_from,
         task=task,
         trainer=trainer,
+        resumed_from_step=history.resumed_from_step,
+        segments=history.segments,
     )
+
+
+def _callback[C: L.Callback](trainer: L.Trainer, kind: type[C]) -> C:
+    """The Trainer's callback of ``kind`` (:func:`build_trainer` adds one of each)."""
+    callbacks: list[L.Callback] = trainer.callbacks  # type: ignore[attr-defined]  # set by Lightning
+    return next(cb for cb in callbacks if isinstance(cb, kind))
+
+
+def _check_resumable(path: Path, model: str, max_steps: int) -> None:
+    """Refuse a ``last.ckpt`` that is damaged, of another model (Lightning would fail inside
+    ``load_state_dict``), or already past ``max_steps`` (the fit would stop at once and report
+    steps its settings do not have)."""
+    data = read_checkpoint(path, remedy=RESUME_REMEDY)
+    trained = (data.get("hyper_parameters") or {}).get("model")
+    if trained is not None and trained != model:
+        raise CheckpointError(
+            f"checkpoint {path} holds model {trained!r}, not model={model!r}: resume it with "
+            f"model={trained!r}, or {RESUME_REMEDY}"
+        )
+    step = int(data.get("global_step", 0))
+    if step > max_steps:
+        raise CheckpointError(
+            f"checkpoint {path} is at step {step}, past max_steps={max_steps}: resume it with "
+            f"max_steps >= {step}, or {RESUME_REMEDY}"
+        )
+
+
+def _interrupted(trainer: L.Trainer, run_dir: Path, resumed_from: Path | None) -> str:
+    checkpoint = _callback(trainer, RunCheckpoint)
+    saved = checkpoint.saved_step
+    if saved is None and resumed_from is None:
+        return f"training interrupted at step {trainer.global_step}, before any checkpoint was saved"
+    holds = f"step {saved}" if saved is not None else "the step it resumed from"
+    return (f"training interrupted at step {trainer.global_step}; {last_checkpoint_path(run_dir)} "
+            f"holds {holds}: run again into the same run folder to resume from it")
+
+
+class _sigint_kept:
+    """Restore the SIGINT handler after a fit: on Ctrl-C Lightning ignores SIGINT for its
+    shutdown and never restores it, so a notebook kernel could not be interrupted again."""
+
+    def __enter__(self) -> None:
+        main = threading.current_thread() is threading.main_thread()
+        self._handler = signal.getsignal(signal.SIGINT) if main else None
+
+    def __exit__(self, *exc: object) -> None:
+        if self._handler is not None:
+            signal.signal(signal.SIGINT, self._handler)

@@ -10,9 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from loveda_utils.cli import main as cli
 from loveda_utils.errors import CheckpointError
 from loveda_utils.training.checkpoint import load_checkpoint, read_checkpoint
 from loveda_utils.training.recipe import QUICK
+from loveda_utils.training.segments import SEGMENTS_KEY
 from loveda_utils.training.trainer import build_datamodule, fit
 
 MODEL = "lraspp_mobilenet_v3_large"
@@ -106,3 +108,27 @@ def test_other_objects_and_non_dicts_are_refused(tmp_path: Path) -> None:
     torch.save(torch.zeros(2), tensor)
     with pytest.raises(CheckpointError, match="holds a Tensor, not a checkpoint dict"):
         read_checkpoint(tensor)
+
+
+def _train_args(root: Path, run_dir: Path) -> list[str]:
+    return ["train", "--model", MODEL, "--run-dir", str(run_dir), "--data-root", str(root),
+            "--recipe", "quick", "--max-steps", "2", "--batch-size", "2", "--crop-size", "48",
+            "--num-workers", "0", "--accelerator", "cpu"]
+
+
+@pytest.mark.parametrize("kind", ["truncated", "random"])
+def test_train_with_a_damaged_last_ckpt_says_what_to_do_and_moving_it_aside_restarts(
+    trained: Path, tmp_path: Path, mini_loveda: Path, kind: str, capsys
+) -> None:
+    path = _damaged(kind, trained, tmp_path)
+    damaged = path.read_bytes()
+    assert cli(_train_args(mini_loveda, tmp_path)) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(path) in err and "move it aside" in err
+    assert path.read_bytes() == damaged  # left as it was
+    # The remedy the message gives works: moved aside, the run trains from step 0.
+    aside = path.rename(tmp_path / "damaged.ckpt")
+    assert cli(_train_args(mini_loveda, tmp_path)) == 0
+    data = read_checkpoint(path)
+    assert data["global_step"] == 2 and [s["start_step"] for s in data[SEGMENTS_KEY]] == [0]
+    assert aside.read_bytes() == damaged
