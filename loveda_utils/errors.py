@@ -43,3 +43,12 @@ class ConfigError(LoveDAError, ValueError):
 
 class RecordError(LoveDAError, ValueError):
     """A results record that does not match the record schema (``loveda_utils/results/schema.py``)."""
+
+
+class PreflightError(LoveDAError):
+    """The suite's pre-flight refused to start (``loveda_utils/benchmark/preflight.py``);
+    ``report`` holds every finding, and the message says where the fixes are listed."""
+
+    def __init__(self, message: str, report: object = None) -> None:
+        super().__init__(message)
+        self.report = report

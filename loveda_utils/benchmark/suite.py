@@ -42,7 +42,7 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -50,7 +50,7 @@ from .. import paths
 from ..data.classes import normalize_scenes
 from ..data.root import resolve_data_root
 from ..data.synthetic import is_synthetic
-from ..errors import ConfigError
+from ..errors import ConfigError, PreflightError
 from ..models.registry import get_spec, models_tagged
 from ..paths import NOTEBOOKS_DIR, PROJECT_ROOT
 from ..results.report import render_comparison, write_report
@@ -67,6 +67,9 @@ from ..results.store import (
 from ..runtime import CORES_ENV, available_cores
 from ..training.recipe import DEFAULT_RECIPE, RECIPE_PARAMETER, Recipe, get_recipe
 from .config import BenchmarkConfig, absolute_paths
+
+if TYPE_CHECKING:
+    from .launch import ClusterLauncher
 
 BENCHMARK_NOTEBOOK = NOTEBOOKS_DIR / "03_benchmark.ipynb"
 
@@ -271,6 +274,25 @@ def _evaluated_scenes(run_dir: Path) -> set[str]:
     return set(normalize_scenes(record["dataset"]["scenes"]))
 
 
+def run_params(
+    profile: Profile,
+    model: str,
+    root: Path,
+    results_dir: Path,
+    overrides: Mapping[str, Any] | None = None,
+    variant: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The notebook parameters of ``model`` (in ``variant``) as :func:`plan` resolves them,
+    before any run folder is claimed: the profile's, ``overrides``, the paths, the recipe's
+    numbers."""
+    root = Path(os.path.abspath(root))
+    params = profile.params_for(model, is_synthetic(root), variant) | dict(overrides or {})
+    params.update(model=model, data_root=str(root), results_dir=str(os.path.abspath(results_dir)))
+    params = absolute_paths(params)
+    params.update(Recipe.from_params(params).to_params())
+    return params
+
+
 def plan(
     profile: str | Profile,
     models: Sequence[str] | None,
@@ -435,18 +457,40 @@ def run_suite(
     readme: bool | None = True,
     readme_path: str | os.PathLike[str] | None = None,
     log: Callable[[str], None] = print,
+    *,
+    check: bool = True,
+    allow_cpu: bool = False,
+    allow_memory: bool = False,
+    launcher: ClusterLauncher | None = None,
 ) -> SuiteResult:
     """Run the suite and rebuild the table, README section and comparison notebook.
 
     ``readme``: False (or None) leaves every README alone (``run-suite --no-readme``);
     ``readme_path``: another README to rewrite (see :func:`~loveda_utils.results.report.write_report`).
+    ``check``: run the pre-flight first (``loveda_utils/benchmark/preflight.py``) and raise
+    :class:`~loveda_utils.errors.PreflightError` when it refuses; ``allow_cpu`` and
+    ``allow_memory`` accept a missing GPU and an over-budget memory estimate. ``launcher``: run
+    the models as cluster jobs (``loveda_utils/benchmark/launch.py``) instead of here.
     """
+    from .preflight import cuda_devices, preflight
+
     check_overrides(overrides)  # before anything runs (the mini-LoveDA may be generated below)
     prof = get_profile(profile)
     if results_dir:
         check_output_folder(results_dir, "results_dir")
     root = resolve_data_root(data_root)
     results = check_output_folder(results_dir_for(prof, results_dir, root), "results_dir")
+    executor = launcher.executor(results) if launcher is not None else None  # fails fast
+    if check:
+        report = preflight(prof, models, root, results, force=force, overrides=overrides,
+                           devices=None if launcher else cuda_devices(gpus),
+                           devices_on_nodes=launcher is not None, allow_cpu=allow_cpu,
+                           allow_memory=allow_memory)
+        log(report.format())
+        if not report.ok:
+            raise PreflightError(f"pre-flight refused to start the suite: {len(report.refused)} "
+                                 "problem(s), their fixes listed above (or pass --skip-check)",
+                                 report)
     jobs = plan(prof, models, root, results, force, overrides)
     todo = [j for j in jobs if j.status == "pending"]
     kind = "synthetic mini-LoveDA" if is_synthetic(root) else "LoveDA"
@@ -478,8 +522,12 @@ def run_suite(
         return job
 
     try:
-        with ThreadPoolExecutor(max_workers=len(slots)) as pool:
-            list(pool.map(worker, todo))
+        if launcher is not None and executor is not None:
+            launcher.run(executor, todo, results, allow_cpu=allow_cpu, allow_memory=allow_memory,
+                         log=log)
+        else:
+            with ThreadPoolExecutor(max_workers=len(slots)) as pool:
+                list(pool.map(worker, todo))
     finally:
         for job in jobs:
             job.release()

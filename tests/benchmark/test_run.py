@@ -154,7 +154,9 @@ def test_suite_survives_a_failing_model_and_renders(tiny_mini: Path, tmp_path: P
         params={**TINY, "ms_flip": False},
     )
     results, lines = tmp_path / "suite", []
-    outcome = run_suite(profile, data_root=tiny_mini, results_dir=results, readme=None, log=lines.append)
+    # check=False: the pre-flight would refuse the model whose weights are absent on purpose.
+    outcome = run_suite(profile, data_root=tiny_mini, results_dir=results, readme=None,
+                        log=lines.append, check=False)
     assert outcome.exit_code == 1
     (failed,) = outcome.failed
     assert failed.model == "unet_resnet18_ssl4eo_moco" and "WeightsError" in failed.message
@@ -171,13 +173,13 @@ def test_suite_survives_a_failing_model_and_renders(tiny_mini: Path, tmp_path: P
     # Re-run: the finished model is skipped, the failed one retried in its own folder.
     lines.clear()
     again = run_suite(profile, data_root=tiny_mini, results_dir=results, readme=None, render=False,
-                      log=lines.append)
+                      log=lines.append, check=False)
     assert [j.status for j in again.jobs] == ["skipped", "failed"]
     assert again.jobs[1].run_dir == failed.run_dir
     # --force: a new record beside the old one, never over it.
     first = (records[0]["_run_dir"] / "metrics.json").read_bytes()
     forced = run_suite(profile, models=[MODEL], data_root=tiny_mini, results_dir=results, force=True,
-                       readme=None, render=False, log=lines.append)
+                       readme=None, render=False, log=lines.append, check=False)
     assert forced.exit_code == 0 and forced.jobs[0].run_dir.name.endswith("-r2")
     assert (records[0]["_run_dir"] / "metrics.json").read_bytes() == first
 
