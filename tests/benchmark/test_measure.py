@@ -190,9 +190,12 @@ def test_fast_settings_are_the_runtime_policy(monkeypatch: pytest.MonkeyPatch) -
     assert fast_settings("cpu") == InferenceSettings(None, True, False)
     assert fast_settings("cpu", channels_last=False) == InferenceSettings(None, False, False)
     # CUDA: autocast (fp16 where bf16 is not native) and channels-last for the tensor cores.
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: False)
+    # (the runtime reads the device's compute capability, so that no CUDA context is made)
+    from loveda_utils import runtime
+
+    monkeypatch.setattr(runtime, "cuda_capability", lambda *args, **kwargs: (7, 0))  # V100
     assert fast_settings("cuda") == InferenceSettings(torch.float16, True, False)
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
+    monkeypatch.setattr(runtime, "cuda_capability", lambda *args, **kwargs: (8, 0))  # A100
     assert fast_settings("cuda").precision == "bf16"
 
 
