@@ -8,8 +8,10 @@ development benchmark's training section all build their pieces here: the data m
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -178,8 +180,9 @@ def fit(
     :class:`~loveda_utils.errors.CheckpointError` that says what to do; so does a training
     batch the model cannot take (:func:`~loveda_utils.training.preflight.check_fit`).
     Interrupted (Ctrl-C), the fit saves its steps to ``last.ckpt`` and raises
-    ``KeyboardInterrupt`` saying so (Lightning's ``SystemExit`` would end a notebook's kernel);
-    on SIGTERM, Lightning's ``SIGTERMException``.
+    ``KeyboardInterrupt`` saying so (Lightning ends with ``sys.exit(1)``, which reads as a
+    failure and says nothing of the checkpoint); on SIGTERM, Lightning's ``SIGTERMException``
+    after the same save.
 
     ``max_steps`` stops the fit early without shortening the schedule (``estimate`` times a few
     steps this way); ``trainer_options`` go to :func:`build_trainer` (``accelerator``,
@@ -277,14 +280,14 @@ def _interrupted(trainer: L.Trainer, run_dir: Path, resumed_from: Path | None) -
             f"holds {holds}: run again into the same run folder to resume from it")
 
 
-class _sigint_kept:
+@contextlib.contextmanager
+def _sigint_kept() -> Iterator[None]:
     """Restore the SIGINT handler after a fit: on Ctrl-C Lightning ignores SIGINT for its
     shutdown and never restores it, so a notebook kernel could not be interrupted again."""
-
-    def __enter__(self) -> None:
-        main = threading.current_thread() is threading.main_thread()
-        self._handler = signal.getsignal(signal.SIGINT) if main else None
-
-    def __exit__(self, *exc: object) -> None:
-        if self._handler is not None:
-            signal.signal(signal.SIGINT, self._handler)
+    main = threading.current_thread() is threading.main_thread()
+    handler = signal.getsignal(signal.SIGINT) if main else None
+    try:
+        yield
+    finally:
+        if handler is not None:
+            signal.signal(signal.SIGINT, handler)
