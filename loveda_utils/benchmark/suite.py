@@ -411,9 +411,10 @@ def _last_error(notebook: Path, log_file: Path) -> str:
         return "failed"
 
 
-def visible_gpus() -> list[str]:
+def visible_gpus(ids: Sequence[str] | None = None) -> list[str]:
     """The GPUs to spread models over (one model per device), as ``CUDA_VISIBLE_DEVICES`` entries
-    for the children; empty on CPU.
+    for the children: all this process sees, or those of ``ids`` (``--gpus``: this process's
+    CUDA device indices, as the pre-flight reads them); empty on CPU.
 
     Under a ``CUDA_VISIBLE_DEVICES`` of its own (a scheduler's ``2,3``) this process's device 0
     is physical GPU 2: the children get the parent's entries (``2``, ``3``), never ``0`` and ``1``.
@@ -421,13 +422,22 @@ def visible_gpus() -> list[str]:
     import torch
 
     if not torch.cuda.is_available():
-        return []
+        return list(ids or [])
     count = torch.cuda.device_count()
     parent = os.environ.get("CUDA_VISIBLE_DEVICES")
     if parent is None:
-        return [str(i) for i in range(count)]
-    # CUDA stops at the first invalid entry: the count is of the entries before it.
-    return [entry.strip() for entry in parent.split(",") if entry.strip()][:count]
+        entries = [str(i) for i in range(count)]
+    else:
+        # CUDA stops at the first invalid entry: the count is of the entries before it.
+        entries = [entry.strip() for entry in parent.split(",") if entry.strip()][:count]
+    if ids is None:
+        return entries
+    chosen = []
+    for value in ids:
+        if not str(value).isdigit() or int(value) >= len(entries):
+            raise ConfigError(f"--gpus {value!r}: this process has CUDA devices 0..{len(entries) - 1}")
+        chosen.append(entries[int(value)])
+    return chosen
 
 
 @dataclass
@@ -499,7 +509,7 @@ def run_suite(
     for job in jobs:
         if job.status == "skipped":
             log(f"  - {job.label}: {job.message}")
-    gpus = list(gpus) if gpus is not None else visible_gpus()
+    gpus = visible_gpus(gpus)
     slots = gpus or [None]
     free = list(slots)
     lock = threading.Lock()

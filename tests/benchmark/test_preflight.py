@@ -10,6 +10,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from loveda_utils import runtime
 from loveda_utils.benchmark import footprint as fp_module
 from loveda_utils.benchmark import preflight as pf
 from loveda_utils.benchmark.footprint import (
@@ -46,6 +47,8 @@ def one_gpu(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda index: props)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
+    # CUDA is not initialised: the runtime reads the compute capability in another process.
+    monkeypatch.setattr(runtime, "cuda_capability", lambda: (8, 0))
     return props
 
 
@@ -193,7 +196,8 @@ def test_visible_devices_and_a_model_too_big_for_them(one_gpu, mini_loveda: Path
         pf.cuda_devices(["3"])
 
     model = "deeplabv3plus_resnet101"
-    big = pf.planned_runs("mmseg", [model], mini_loveda, tmp_path / "r")
+    # 16 images per device (the mmseg recipe's 4 per device x 4 on one GPU) do not fit 16 GB.
+    big = pf.planned_runs("mmseg", [model], mini_loveda, tmp_path / "r", overrides={"batch_size": 16})
     findings = pf.check_devices(big, [device])
     gpu, memory = findings
     assert gpu.status == pf.OK and "Mock GPU" in gpu.detail

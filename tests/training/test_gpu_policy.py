@@ -40,7 +40,9 @@ INITIALISING = ("_lazy_init", "init", "current_device", "set_device", "get_devic
                 "mem_get_info", "memory_allocated", "max_memory_allocated", "reset_peak_memory_stats")
 #: What the mocked initialising functions answer (the rest answer None).
 ANSWERS = {"current_device": 0, "get_device_capability": (9, 0), "get_device_name": "Mock GPU",
-           "is_bf16_supported": True, "get_device_properties": SimpleNamespace(major=9, minor=0)}
+           "is_bf16_supported": True,
+           "get_device_properties": SimpleNamespace(major=9, minor=0, name="Mock GPU",
+                                                    total_memory=80 * 2**30)}
 
 
 def _gpus(monkeypatch: pytest.MonkeyPatch, count: int = 2) -> list[str]:
@@ -168,7 +170,7 @@ def test_gpu_recipe_refuses_its_full_schedule_on_the_cpu_unless_asked(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, fake_trainer: None
 ) -> None:
     _no_gpu(monkeypatch)  # accelerator="auto" falls back to the CPU
-    recipe = MMSEG.replace(pretrained="none")
+    recipe = MMSEG.replace(pretrained="none", crop_size=32)  # still the 80k-step schedule
     dm = build_datamodule(recipe, write_tree(tmp_path / "loveda"), num_workers=0)
     with pytest.raises(ConfigError, match=r"recipe 'mmseg' trains 80000 steps, meant for a GPU.*"
                                           r"allow_cpu=True \(train --allow-cpu\)"):
@@ -221,16 +223,26 @@ def test_suite_children_get_the_parents_gpus_and_a_share_of_its_cores(
     monkeypatch.delenv(runtime.CORES_ENV, raising=False)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")  # e.g. a scheduler's allocation
     assert suite.visible_gpus() == ["2", "3"]
-    children: list[tuple[str, str]] = []
+    children: list[tuple[str, str | None]] = []
 
-    def run(cmd, env, **kwargs):
-        children.append((env["CUDA_VISIBLE_DEVICES"], env[runtime.CORES_ENV]))
+    real_run = subprocess.run
+
+    def run(cmd, *args, **kwargs):
+        if "papermill" not in cmd:  # the pre-flight's own commands
+            return real_run(cmd, *args, **kwargs)
+        env = kwargs["env"]
+        children.append((env["CUDA_VISIBLE_DEVICES"], env.get(runtime.CORES_ENV)))
         return subprocess.CompletedProcess(cmd, 1)
 
     monkeypatch.setattr(suite.subprocess, "run", run)
-    suite.run_suite("quick", models=["unet_resnet18", MODEL], data_root=write_tree(tmp_path / "l"),
-                    results_dir=tmp_path / "results", render=False, log=lambda line: None)
+    root = write_tree(tmp_path / "l")
+    suite.run_suite("quick", models=["unet_resnet18", MODEL], data_root=root,
+                    results_dir=tmp_path / "results", render=False, log=lambda line: None, check=False)
     assert sorted(children) == [("2", "16"), ("3", "16")]
+    children.clear()  # --gpus 1: this process's device 1, physical GPU 3
+    suite.run_suite("quick", models=["unet_resnet18"], data_root=root, force=True, gpus=["1"],
+                    results_dir=tmp_path / "results", render=False, log=lambda line: None, check=False)
+    assert children == [("3", None)]  # one model at a time: every core
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "GPU-aa, GPU-bb,GPU-cc")  # UUIDs; CUDA counts 2
     assert suite.visible_gpus() == ["GPU-aa", "GPU-bb"]
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
