@@ -437,7 +437,8 @@ def run_suite(args: argparse.Namespace) -> int:
     launcher = ClusterLauncher(_slurm_options(args)) if args.launcher == "slurm" else None
     models, overrides = _model_names(args.models), _settings(args.settings)
     if args.check:
-        from .benchmark.preflight import cuda_devices, preflight
+        from .benchmark.devices import cuda_devices
+        from .benchmark.preflight import preflight
         from .benchmark.suite import check_overrides, results_dir_for
         from .data.root import resolve_data_root
 

@@ -20,7 +20,8 @@ SLURM sends ``USR2`` (``--signal=USR2@90``, submitit's default); :meth:`ModelJob
 stops the notebook and hands submitit the same job to requeue (``scontrol requeue``), at most
 ``max_requeues`` times after time limits (preemptions do not count). The requeued job resumes
 in the same folder: the notebook resumes an unfinished folder and training continues from its
-``checkpoints/last.ckpt`` (saved every 1,000 steps, ``training/trainer.py``). The records land
+``checkpoints/last.ckpt`` (written at least every 1,000 steps, and on SIGTERM at a step boundary:
+``training/recipe.py``'s ``checkpoint_interval``, ``training/callbacks.py``). The records land
 in the one results folder, as every job writes ``runs/<run_name>/metrics.json`` below it.
 
 The paths (repository, virtualenv, data, results) must be on a file system the nodes share,
@@ -47,13 +48,16 @@ from submitit.helpers import Checkpointable, DelayedSubmission, as_completed
 from ..errors import ConfigError
 from ..results.store import CLAIM_ENV, held_claim
 from .config import BenchmarkConfig
-from .preflight import PlannedRun, check_devices, cuda_devices
+from .devices import cuda_devices
+from .preflight import PlannedRun, check_devices
 from .suite import Job, _execute
 
 #: submitit's folder below the results folder: submission scripts, pickles and logs per job.
 SUBMITIT_DIR = "submitit"
-#: Seconds a stopped notebook (papermill and its kernel) gets to exit before it is killed.
-STOP_GRACE_S = 10.0
+#: Seconds the notebook's kernel, then papermill, get to exit after a SIGTERM before they are
+#: killed: a training step and the ``last.ckpt`` written on SIGTERM fit in it, and both rounds
+#: within the 90 s between SLURM's USR2 and the end of the job.
+STOP_GRACE_S = 30.0
 #: Seconds a job whose notebook a SIGTERM ended waits to be requeued: a preemption is SIGTERM,
 #: then SLURM's requeue (``PreemptMode=REQUEUE``, after its ``GraceTime``) or submitit's USR2.
 PREEMPTED_WAIT_S = 600.0
@@ -134,22 +138,36 @@ def build_executor(folder: Path, options: SlurmOptions, cluster: str = "slurm") 
 
 
 def _stop_children(grace_s: float = STOP_GRACE_S) -> None:
-    """Stop every process this one started (papermill, and the kernel it started), so that a
-    requeued job never shares its run folder with the notebook it replaces."""
-    children = psutil.Process().children(recursive=True)  # listed before the parents exit
-    for child in children:
+    """Stop the notebook this job started, so that a requeued job never shares its run folder
+    with the notebook it replaces: SIGTERM to the kernel first (the processes without children),
+    whose training then stops at a step boundary and writes ``last.ckpt``
+    (``training/callbacks.py``) and papermill ends the run itself; then SIGTERM to whatever
+    is left; then SIGKILL."""
+    procs = psutil.Process().children(recursive=True)  # listed before the parents exit
+    leaves = [p for p in procs if not _has_children(p)]
+    for targets in (leaves, procs):
+        for proc in targets:
+            try:
+                proc.send_signal(signal.SIGTERM)
+                proc.send_signal(signal.SIGCONT)  # a stopped process acts on SIGTERM once continued
+            except psutil.NoSuchProcess:
+                pass
+        _, alive = psutil.wait_procs(procs, timeout=grace_s)
+        if not alive:
+            return
+    for proc in alive:
         try:
-            child.send_signal(signal.SIGTERM)
-            child.send_signal(signal.SIGCONT)  # a stopped process acts on SIGTERM once continued
-        except psutil.NoSuchProcess:
-            pass
-    _, alive = psutil.wait_procs(children, timeout=grace_s)
-    for child in alive:
-        try:
-            child.kill()
+            proc.kill()
         except psutil.NoSuchProcess:
             pass
     psutil.wait_procs(alive, timeout=grace_s)
+
+
+def _has_children(proc: psutil.Process) -> bool:
+    try:
+        return bool(proc.children())
+    except psutil.NoSuchProcess:
+        return False
 
 
 class ModelJob(Checkpointable):

@@ -42,6 +42,7 @@ from ..results.store import check_output_folder, completed_runs, run_group_for
 from ..runtime import GB, precision_dtype, training_precision
 from ..training.recipe import MMSEG
 from .config import BenchmarkConfig
+from .devices import Device, cuda_devices
 from .footprint import Footprint, footprint, training_memory_bytes
 from .suite import Profile, _evaluated_scenes, get_profile, run_params
 
@@ -85,18 +86,6 @@ class PlannedRun:
     @property
     def needs_gpu(self) -> bool:
         return self.config.recipe in GPU_RECIPES
-
-
-@dataclass(frozen=True)
-class Device:
-    """A CUDA device a model may run on."""
-
-    index: int
-    name: str
-    total_bytes: int
-
-    def __str__(self) -> str:
-        return f"cuda:{self.index} {self.name} ({self.total_bytes / GB:.1f} GB)"
 
 
 @dataclass
@@ -296,25 +285,6 @@ def trains_on_gpu(run: PlannedRun) -> bool:
     return not run.config.checkpoint and str(run.config.accelerator).lower() != "cpu"
 
 
-def cuda_devices(ids: Sequence[str] | None = None) -> list[Device]:
-    """The CUDA devices visible (or those of ``ids``, e.g. ``--gpus``); empty without CUDA."""
-    import torch
-
-    if not torch.cuda.is_available():
-        return []
-    count = torch.cuda.device_count()
-    indices = list(range(count)) if ids is None else []
-    for value in ids or []:
-        if not str(value).isdigit() or int(value) >= count:
-            raise ConfigError(f"--gpus {value!r}: this machine has CUDA devices 0..{count - 1}")
-        indices.append(int(value))
-    devices = []
-    for index in indices:
-        props = torch.cuda.get_device_properties(index)
-        devices.append(Device(index, props.name, int(props.total_memory)))
-    return devices
-
-
 def check_devices(
     runs: Sequence[PlannedRun],
     devices: Sequence[Device],
@@ -343,6 +313,7 @@ def check_devices(
                         "anyway (many times slower)")]
     findings = [Finding("gpu", "cuda", OK, "; ".join(str(d) for d in devices))]
     smallest = min(devices, key=lambda d: d.total_bytes)
+    policy: list[str] = []  # the runtime's AMP choice, asked once (it may start an interpreter)
     for run in filter(trains_on_gpu, _one_per_model(runs)):
         recipe = run.config.training_recipe
         given = None if footprints is None else footprints.get(run.model)
@@ -353,7 +324,9 @@ def check_devices(
         if isinstance(fp, Finding):
             findings.append(fp)
             continue
-        precision = training_precision("cuda", recipe.precision)
+        if recipe.precision is None and not policy:
+            policy.append(training_precision("cuda"))
+        precision = recipe.precision or policy[0]
         need = training_memory_bytes(fp, recipe.optimizer, precision_dtype(precision) is not None)
         detail = (f"~{need / GB:.1f} GB to train (batch {recipe.batch_size}, {recipe.crop_size} "
                   f"px, {precision}) on {smallest}")

@@ -482,7 +482,8 @@ def run_suite(
     ``allow_memory`` accept a missing GPU and an over-budget memory estimate. ``launcher``: run
     the models as cluster jobs (``loveda_utils/benchmark/launch.py``) instead of here.
     """
-    from .preflight import cuda_devices, preflight
+    from .devices import cuda_devices
+    from .preflight import preflight
 
     check_overrides(overrides)  # before anything runs (the mini-LoveDA may be generated below)
     prof = get_profile(profile)

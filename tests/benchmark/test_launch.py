@@ -165,7 +165,7 @@ def _preempt_after_checkpoint(results: Path, events: dict, deadline_s: float = 9
         for proc in notebook:
             proc.send_signal(signal.SIGTERM)
             proc.send_signal(signal.SIGCONT)
-        psutil.wait_procs(notebook, timeout=60)
+        psutil.wait_procs(notebook, timeout=60)  # papermill dies; the kernel follows its parent
         time.sleep(1)  # the job now waits to be requeued rather than report a failure
         task.send_signal(signal.SIGUSR2)
         return

@@ -10,7 +10,6 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from loveda_utils import runtime
 from loveda_utils.benchmark import footprint as fp_module
 from loveda_utils.benchmark import preflight as pf
 from loveda_utils.benchmark.footprint import (
@@ -41,14 +40,14 @@ def empty_caches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 @pytest.fixture
 def one_gpu(monkeypatch: pytest.MonkeyPatch):
-    """torch.cuda mocked: one 16 GiB device with native bf16."""
+    """torch.cuda mocked: one 16 GiB device with native bf16, CUDA initialised in this process
+    (so that torch answers here rather than a throwaway interpreter)."""
     props = SimpleNamespace(name="Mock GPU", total_memory=16 * GB)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda index: props)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
-    # CUDA is not initialised: the runtime reads the compute capability in another process.
-    monkeypatch.setattr(runtime, "cuda_capability", lambda: (8, 0))
     return props
 
 
@@ -206,8 +205,22 @@ def test_visible_devices_and_a_model_too_big_for_them(one_gpu, mini_loveda: Path
     assert "batch 16, 512 px, bf16-mixed" in memory.detail and "--set batch_size" in memory.fix
     assert pf.check_devices(big, [device], allow_memory=True)[1].status == pf.ALLOWED
 
-    small = pf.planned_runs("mmseg", [model], mini_loveda, tmp_path / "r", overrides={"batch_size": 4})
-    assert pf.check_devices(small, [device])[1].status == pf.OK
+    # The recipe's own per-device batch fits.
+    (run,) = pf.planned_runs("mmseg", [model], mini_loveda, tmp_path / "r")
+    batch = run.config.training_recipe.batch_size
+    fits = pf.check_devices([run], [device])[1]
+    assert fits.status == pf.OK and f"batch {batch}, 512 px" in fits.detail
+
+
+def test_devices_are_read_without_initialising_cuda_here(monkeypatch: pytest.MonkeyPatch) -> None:
+    """CUDA not initialised in this process: a throwaway interpreter reads the devices (this
+    machine's child sees none), and this process never asks torch for a device's properties."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)
+    monkeypatch.setattr(torch.cuda, "get_device_properties",
+                        lambda index: pytest.fail("CUDA initialised in this process"))
+    if torch.cuda.device_count() == 0:  # no real GPU: the child's answer is empty
+        assert pf.cuda_devices() == []
 
 
 def test_the_memory_estimate_meets_mmsegs_measured_peaks() -> None:
