@@ -1,6 +1,6 @@
 """Fetching pretrained weights into the caches the model loader reads: the one place that downloads.
 
-``python -m loveda_utils fetch-weights`` (``loveda_utils/cli.py``) calls :func:`fetch`, and
+``python -m loveda_utils fetch-weights`` (``loveda_utils/cli/weights.py``) calls :func:`fetch`, and
 :func:`check`, :func:`export_files` and :func:`import_files` for its ``--check``, ``--to`` and
 ``--from``. Which files a model needs and where the loader looks for them comes from one place,
 :func:`loveda_utils.models.weights.weight_files`, which the loader's missing-file error uses too.

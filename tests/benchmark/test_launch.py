@@ -97,7 +97,7 @@ def test_without_slurm_the_launcher_says_where_to_submit(tmp_path: Path, monkeyp
 
 
 def test_run_suite_flags_make_the_options() -> None:
-    from loveda_utils import cli as cli_module
+    from loveda_utils.cli import suite as cli_module
 
     args = build_parser().parse_args(
         ["run-suite", "--launcher", "slurm", "--partition", "gpu", "--account", "proj42",

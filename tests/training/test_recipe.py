@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from loveda_utils.cli import build_parser, train_settings
+from loveda_utils.cli import build_parser
+from loveda_utils.cli.train import train_settings
 from loveda_utils.cli import main as cli
 from loveda_utils.errors import ConfigError
 from loveda_utils.training.recipe import (
