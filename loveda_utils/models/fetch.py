@@ -51,20 +51,29 @@ import functools
 import hashlib
 import http.client
 import os
-import re
 import shutil
-import sys
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from urllib.error import HTTPError, URLError
+from urllib.error import URLError
 from urllib.parse import quote, urlparse
 
 from ..errors import ConfigError
 from ..files import atomic_output, write_text_atomic
 from .caches import WeightFile, find_weight_file
+from .download import (
+    CHUNK,
+    SHA256_HEX,
+    TIMEOUT,
+    USER_AGENT,
+    Interrupted,
+    Unavailable,
+    download,
+    hub_metadata,
+    read_sums,
+)
 from .weights import weight_files
 
 __all__ = [
@@ -86,10 +95,6 @@ SUMS_FILE = "SHA256SUMS"
 #: Statuses meaning the file is now where the loader reads it (or, for ``exported``, copied out).
 OK_STATUSES = frozenset({"present", "fetched", "imported", "exported"})
 
-_CHUNK = 1 << 20
-_TIMEOUT = 60  # seconds without data before a download counts as interrupted
-_USER_AGENT = "loveda_utils fetch-weights"
-_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 Log = Callable[[str], object]
 
@@ -159,7 +164,7 @@ def _part_path(file: WeightFile) -> Path:
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as handle:
-        while chunk := handle.read(_CHUNK):
+        while chunk := handle.read(CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
 
@@ -200,7 +205,7 @@ def _verify(
 def _verify_cached(file: WeightFile, found: Path) -> str | None:
     """The problem with a file already in a cache, or None."""
     blob = found.resolve().name  # the Hub cache names its blobs by their SHA-256
-    return _verify(file, found, blob if _SHA256.fullmatch(blob) else None)[1]
+    return _verify(file, found, blob if SHA256_HEX.fullmatch(blob) else None)[1]
 
 
 def _remove_cached(found: Path) -> None:
@@ -253,121 +258,11 @@ def _finish(
 # --------------------------------------------------------------------------- downloading
 
 
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    def redirect_request(self, *args: object, **kwargs: object) -> None:
-        return None  # the Hub's metadata headers are on the redirect itself
-
-
-def _hub_metadata(url: str) -> tuple[str | None, int | None]:
-    """``(sha256, size)`` from a Hub-style ``HEAD``: ``X-Linked-Etag``/``X-Linked-Size``."""
-    request = urllib.request.Request(
-        url, method="HEAD", headers={"User-Agent": _USER_AGENT, "Accept-Encoding": "identity"}
-    )
-    try:
-        with urllib.request.build_opener(_NoRedirect).open(request, timeout=_TIMEOUT) as reply:
-            headers = reply.headers
-    except HTTPError as exc:  # a 3xx redirect arrives here, headers included
-        headers = exc.headers
-    except (URLError, OSError, http.client.HTTPException):
-        return None, None  # the download itself will report the problem
-    etag = (headers.get("X-Linked-Etag") or "").removeprefix("W/").strip('"').lower()
-    size = headers.get("X-Linked-Size")
-    return (etag if _SHA256.fullmatch(etag) else None), (int(size) if size else None)
-
-
-class _Interrupted(Exception):
-    """The transfer stopped early; the ``.part`` file keeps what arrived."""
-
-
-class _Unavailable(Exception):
-    """The source does not serve the file (HTTP error, unreachable host)."""
-
-
-def _content_range(value: str | None) -> tuple[int | None, int | None]:
-    """``(start, total)`` of ``bytes 100-199/200`` or ``bytes */200``."""
-    found = re.fullmatch(r"bytes (?:(\d+)-\d+|\*)/(\d+|\*)", (value or "").strip())
-    if found is None:
-        return None, None
-    start, total = found.groups()
-    return (int(start) if start else None), (int(total) if total != "*" else None)
-
-
-def _download(url: str, part: Path, label: str, progress: bool) -> None:
-    """Fetch ``url`` into ``part``, resuming what ``part`` holds with a Range request."""
-    part.parent.mkdir(parents=True, exist_ok=True)
-    offset = part.stat().st_size if part.exists() else 0
-    headers = {"User-Agent": _USER_AGENT, "Accept-Encoding": "identity"}
-    if offset:
-        headers["Range"] = f"bytes={offset}-"
-    try:
-        reply = urllib.request.urlopen(
-            urllib.request.Request(url, headers=headers), timeout=_TIMEOUT
-        )
-    except HTTPError as exc:
-        if exc.code == 416 and offset:  # nothing after offset: complete, or a stale larger part
-            if _content_range(exc.headers.get("Content-Range"))[1] == offset:
-                return
-            part.unlink()
-            return _download(url, part, label, progress)
-        raise _Unavailable(f"HTTP {exc.code} {exc.reason} for {url}") from None
-    except (URLError, OSError, http.client.HTTPException) as exc:
-        raise _Unavailable(f"cannot reach {url}: {getattr(exc, 'reason', exc)}") from None
-    with reply:
-        length = reply.headers.get("Content-Length")
-        if offset and reply.status == 206:
-            start, total = _content_range(reply.headers.get("Content-Range"))
-            if start != offset:  # not the bytes we asked for: start the file over
-                part.unlink()
-                raise _Interrupted(f"the server resumed at byte {start}, not {offset}")
-        else:  # a fresh download, or a server that ignores Range: start over
-            offset, total = 0, None
-        if total is None and length is not None:
-            total = offset + int(length)
-        from tqdm.auto import tqdm
-
-        stopped: BaseException | None = None
-        with (
-            part.open("ab" if offset else "wb") as out,
-            tqdm(
-                total=total,
-                initial=offset,
-                desc=label,
-                unit="B",
-                unit_scale=True,
-                unit_divisor=1024,
-                disable=None if progress else True,
-                file=sys.stderr,
-                leave=False,
-            ) as bar,
-        ):
-            try:
-                while chunk := reply.read(_CHUNK):
-                    out.write(chunk)
-                    bar.update(len(chunk))
-            except (OSError, http.client.HTTPException) as exc:
-                stopped = exc
-    received = part.stat().st_size
-    if stopped is not None or (total is not None and received < total):
-        why = f" ({type(stopped).__name__}: {stopped})" if stopped is not None else ""
-        of = f" of {total}" if total is not None else ""
-        raise _Interrupted(f"the connection ended after {received}{of} bytes{why}")
-
-
-def _read_sums(text: str) -> dict[str, str]:
-    """``path -> sha256`` from ``sha256sum`` lines (``<hex>  <path>`` or ``<hex> *<path>``)."""
-    sums = {}
-    for line in text.splitlines():
-        digest, _, name = line.strip().partition(" ")
-        if _SHA256.fullmatch(digest.lower()) and name.strip():
-            sums[name.strip().removeprefix("*")] = digest.lower()
-    return sums
-
-
 def _mirror_sums(mirror: str) -> dict[str, str]:
-    request = urllib.request.Request(f"{mirror}/{SUMS_FILE}", headers={"User-Agent": _USER_AGENT})
+    request = urllib.request.Request(f"{mirror}/{SUMS_FILE}", headers={"User-Agent": USER_AGENT})
     try:
-        with urllib.request.urlopen(request, timeout=_TIMEOUT) as reply:
-            return _read_sums(reply.read().decode("utf-8", "replace"))
+        with urllib.request.urlopen(request, timeout=TIMEOUT) as reply:
+            return read_sums(reply.read().decode("utf-8", "replace"))
     except (URLError, OSError, http.client.HTTPException):
         return {}  # a mirror without SHA256SUMS: the other checks still apply
 
@@ -422,16 +317,16 @@ def _fetch_one(
         _remove_cached(found)  # a corrupt copy would fail every run: replace it
     key = layout_path(file)
     url = f"{root}/{quote(key)}" if root is not None else file.url
-    sha256, size = _hub_metadata(url) if file.hf_file is not None else (None, None)
+    sha256, size = hub_metadata(url) if file.hf_file is not None else (None, None)
     sha256 = sums().get(key, sha256)
     part = _part_path(file)
     for attempt in range(max(retries, 0) + 1):
         try:
-            _download(url, part, file.path.name, progress)
+            download(url, part, file.path.name, progress)
             break
-        except _Unavailable as exc:
+        except Unavailable as exc:
             return FileReport(file, "failed", str(exc))
-        except _Interrupted as exc:
+        except Interrupted as exc:
             if attempt == max(retries, 0):
                 return FileReport(
                     file,
@@ -471,7 +366,7 @@ def export_files(
     """Copy the cached files to ``folder`` in the mirror layout, with ``SHA256SUMS``."""
     folder = Path(folder)
     sums_path = folder / SUMS_FILE
-    sums = _read_sums(sums_path.read_text()) if sums_path.is_file() else {}
+    sums = read_sums(sums_path.read_text()) if sums_path.is_file() else {}
     reports = []
     for file in _unique(files):
         found = find_weight_file(file)
@@ -486,7 +381,7 @@ def export_files(
             target.parent.mkdir(parents=True, exist_ok=True)
             digest = hashlib.sha256()
             with found.open("rb") as source, atomic_output(target) as out:
-                while chunk := source.read(_CHUNK):
+                while chunk := source.read(CHUNK):
                     digest.update(chunk)
                     out.write(chunk)
             sums[layout_path(file)] = digest.hexdigest()
@@ -510,7 +405,7 @@ def import_files(
             "that has the weights)"
         )
     sums_path = folder / SUMS_FILE
-    sums = _read_sums(sums_path.read_text()) if sums_path.is_file() else {}
+    sums = read_sums(sums_path.read_text()) if sums_path.is_file() else {}
     reports = []
     for file in _unique(files):
         found = find_weight_file(file)
