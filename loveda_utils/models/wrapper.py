@@ -29,8 +29,9 @@ from torch import Tensor, nn
 
 from ..data.classes import NUM_CLASSES
 from ..errors import ConfigError
+from .normalization import IMAGENET_NORMALIZATION
 from .registry import ModelSpec, get_spec
-from .weights import IMAGENET_NORMALIZATION, load_pretrained
+from .weights import load_pretrained
 
 __all__ = ["NET_FAMILIES", "NetFamily", "SegmentationModel", "build_model"]
 

@@ -291,7 +291,7 @@ def test_every_registry_default_names_a_fetchable_file(caches: dict[str, Path], 
 
 
 def test_mmseg_profile_check_lists_every_model(caches: dict[str, Path], capsys) -> None:
-    from loveda_utils.benchmark.suite import get_profile
+    from loveda_utils.benchmark.profiles import get_profile
 
     assert main(["fetch-weights", "--profile", "mmseg", "--check"]) == 1
     out = capsys.readouterr().out
