@@ -1,7 +1,7 @@
 """Where things live: the project's folders (one home for each folder name).
 
 The data root itself is resolved in :mod:`loveda_utils.data.root`. Which results folder a suite
-profile writes to by default is the profile's (``loveda_utils/benchmark/suite.py``), chosen
+profile writes to by default is the profile's (``loveda_utils/benchmark/profiles.py``), chosen
 among the folders below.
 """
 

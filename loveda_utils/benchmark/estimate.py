@@ -28,7 +28,7 @@ from ..runtime import amp_dtype, autocast, channels_last_for, resolve_device, sy
 from ..training.recipe import Recipe
 from ..training.trainer import build_datamodule, fit
 from .measure import count_params
-from .suite import Profile, get_profile
+from .profiles import Profile, get_profile
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ keeps one code path for every launcher and needs no GPU allocation for the repor
 ``python -m loveda_utils report --results-dir DIR`` builds the table from their records.
 
 Each job runs the model's notebook exactly as the local suite does
-(:func:`~loveda_utils.benchmark.suite._execute`: papermill, ``03_benchmark.ipynb``), in the run
+(:func:`~loveda_utils.benchmark.suite.execute_job`: papermill, ``03_benchmark.ipynb``), in the run
 folder the submitting process claimed (``loveda_utils/results/store.py``): the notebook takes
 that claim over with its token while the submitting process holds it, and claims the folder
 itself (resuming it) if the submitting process has gone. Before that, the job checks its
@@ -50,7 +50,7 @@ from ..results.store import CLAIM_ENV, held_claim
 from .config import BenchmarkConfig
 from .devices import cuda_devices
 from .preflight import PlannedRun, check_devices
-from .suite import Job, _execute
+from .suite import Job, execute_job
 
 #: submitit's folder below the results folder: submission scripts, pickles and logs per job.
 SUBMITIT_DIR = "submitit"
@@ -209,7 +209,7 @@ class ModelJob(Checkpointable):
 
         signal.signal(signal.SIGTERM, note_sigterm)
         try:
-            _execute(job, None)  # the GPUs are the ones SLURM gave the job
+            execute_job(job, None)  # the GPUs are the ones SLURM gave the job
             if terminated.is_set() and job.status != "done":
                 time.sleep(PREEMPTED_WAIT_S)
                 job.message = (f"SIGTERM, and no requeue within {PREEMPTED_WAIT_S:.0f} s: "

@@ -44,7 +44,8 @@ from ..training.recipe import MMSEG
 from .config import BenchmarkConfig
 from .devices import Device, cuda_devices
 from .footprint import Footprint, footprint, training_memory_bytes
-from .suite import Profile, _evaluated_scenes, get_profile, run_params
+from .profiles import Profile, get_profile
+from .suite import evaluated_scenes, run_params
 
 #: Recipes that are the GPU protocol on the LoveDA release: they need a CUDA device and the
 #: release's tiles (the synthetic mini-LoveDA is the CPU demo's data).
@@ -151,7 +152,7 @@ def planned_runs(
             done = []
             if not force and results_dir.is_dir():
                 done = [d for d in completed_runs(results_dir, group)
-                        if scenes <= _evaluated_scenes(d)]
+                        if scenes <= evaluated_scenes(d)]
             if not done:
                 runs.append(PlannedRun(name, params, config))
     return runs

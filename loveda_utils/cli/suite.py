@@ -11,7 +11,7 @@ from .common import comma_list, command, model_names, suite_settings
 def _suite_args(p: argparse.ArgumentParser) -> None:
     import os
 
-    from ..benchmark.suite import PROFILES
+    from ..benchmark.profiles import PROFILES
     from ..paths import PROJECT_ROOT
 
     profiles = "; ".join(f"{name}: {prof.description}" for name, prof in PROFILES.items())
@@ -101,7 +101,8 @@ def run_suite(args: argparse.Namespace) -> int:
     if args.check:
         from ..benchmark.devices import cuda_devices
         from ..benchmark.preflight import preflight
-        from ..benchmark.suite import check_overrides, results_dir_for
+        from ..benchmark.profiles import results_dir_for
+        from ..benchmark.suite import check_overrides
         from ..data.root import resolve_data_root
 
         overrides = check_overrides(overrides)

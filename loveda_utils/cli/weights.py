@@ -17,7 +17,7 @@ $HF_HOME/hub), where build_model reads them offline."""
 
 
 def _fetch_weights_args(p: argparse.ArgumentParser) -> None:
-    from ..benchmark.suite import PROFILES
+    from ..benchmark.profiles import PROFILES
 
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.epilog = _FETCH_LAYOUT
@@ -46,7 +46,7 @@ def fetch_weights(args: argparse.Namespace) -> int:
     from ..models.registry import available_models
 
     if args.profile:
-        from ..benchmark.suite import get_profile
+        from ..benchmark.profiles import get_profile
 
         names = list(get_profile(args.profile).models)
     else:

@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from loveda_utils.benchmark.config import BenchmarkConfig, read_benchmark_config
+from loveda_utils.benchmark.profiles import PROFILES, Profile
 from loveda_utils.benchmark.run import BenchmarkRun
-from loveda_utils.benchmark.suite import PROFILES, Profile, plan
+from loveda_utils.benchmark.suite import plan
 from loveda_utils.errors import CheckpointError, ConfigError
 from loveda_utils.training.recipe import MMSEG, QUICK, RECIPE_FIELDS, read_run_config
 

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 from record_factory import DEEPLAB, make_record, write_run
 
-from loveda_utils.benchmark.suite import PROFILES, plan
+from loveda_utils.benchmark.profiles import PROFILES
+from loveda_utils.benchmark.suite import plan
 from loveda_utils.models.registry import models_tagged
 from loveda_utils.paths import CROSS_DOMAIN_RESULTS_DIR
 from loveda_utils.results.store import run_group_for

@@ -16,8 +16,8 @@ from conftest import REPO, write_tree
 from loveda_utils import paths
 from loveda_utils.benchmark import run as run_module
 from loveda_utils.benchmark.config import BenchmarkConfig
+from loveda_utils.benchmark.profiles import PROFILES, results_dir_for
 from loveda_utils.benchmark.run import BenchmarkRun
-from loveda_utils.benchmark.suite import PROFILES, results_dir_for
 from loveda_utils.cli import main as cli
 from loveda_utils.errors import ConfigError
 

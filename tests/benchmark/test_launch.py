@@ -18,7 +18,8 @@ import pytest
 from submitit.core.utils import DelayedSubmission
 
 from loveda_utils.benchmark.launch import ClusterLauncher, ModelJob, SlurmOptions
-from loveda_utils.benchmark.suite import Profile, plan, run_suite
+from loveda_utils.benchmark.profiles import Profile
+from loveda_utils.benchmark.suite import plan, run_suite
 from loveda_utils.cli import build_parser
 from loveda_utils.cli import main as cli
 from loveda_utils.errors import ConfigError

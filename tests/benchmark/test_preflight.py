@@ -19,7 +19,8 @@ from loveda_utils.benchmark.footprint import (
     training_memory_bytes,
 )
 from loveda_utils.benchmark.measure import count_params
-from loveda_utils.benchmark.suite import PROFILES, Profile, run_suite
+from loveda_utils.benchmark.profiles import PROFILES, Profile
+from loveda_utils.benchmark.suite import run_suite
 from loveda_utils.cli import main as cli
 from loveda_utils.errors import PreflightError
 from loveda_utils.models import fetch

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from loveda_utils.benchmark.suite import PROFILES, _tagged
+from loveda_utils.benchmark.profiles import PROFILES, _tagged
 from loveda_utils.errors import ConfigError
 from loveda_utils.models.registry import TAGS, models_tagged
 from loveda_utils.training.recipe import get_recipe

@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from loveda_utils.benchmark.config import BenchmarkConfig
-from loveda_utils.benchmark.suite import Profile, run_suite
+from loveda_utils.benchmark.profiles import Profile
+from loveda_utils.benchmark.suite import run_suite
 from loveda_utils.paths import NOTEBOOKS_DIR
 from loveda_utils.results.schema import validate_record
 from loveda_utils.results.store import RUNS_DIR, run_group_for

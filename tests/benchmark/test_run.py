@@ -14,7 +14,8 @@ from PIL import Image
 
 from loveda_utils.benchmark.config import BenchmarkConfig, read_benchmark_config
 from loveda_utils.benchmark.estimate import estimate
-from loveda_utils.benchmark.suite import Profile, run_suite
+from loveda_utils.benchmark.profiles import Profile
+from loveda_utils.benchmark.suite import run_suite
 from loveda_utils.cli import main as cli
 from loveda_utils.data.classes import raw_to_train
 from loveda_utils.evaluation.metrics import ConfusionMatrix

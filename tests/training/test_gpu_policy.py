@@ -26,8 +26,8 @@ from loveda_utils.benchmark import suite
 from loveda_utils.benchmark.config import BenchmarkConfig
 from loveda_utils.benchmark.run import BenchmarkRun
 from loveda_utils.cli import build_parser
-from loveda_utils.cli.train import train_settings
 from loveda_utils.cli import main as cli
+from loveda_utils.cli.train import train_settings
 from loveda_utils.errors import ConfigError
 from loveda_utils.evaluation import inference
 from loveda_utils.training.recipe import MMSEG, QUICK

@@ -9,8 +9,8 @@ import pytest
 import yaml
 
 from loveda_utils.cli import build_parser
-from loveda_utils.cli.train import train_settings
 from loveda_utils.cli import main as cli
+from loveda_utils.cli.train import train_settings
 from loveda_utils.errors import ConfigError
 from loveda_utils.training.recipe import (
     CONFIG_FILE,
