@@ -47,9 +47,8 @@ from submitit.helpers import Checkpointable, DelayedSubmission, as_completed
 
 from ..errors import ConfigError
 from ..results.store import CLAIM_ENV, held_claim
-from .config import BenchmarkConfig
 from .devices import cuda_devices
-from .preflight import PlannedRun, check_devices
+from .preflight import check_devices
 from .suite import Job, execute_job
 
 #: submitit's folder below the results folder: submission scripts, pickles and logs per job.
@@ -186,8 +185,7 @@ class ModelJob(Checkpointable):
 
     def __call__(self) -> Job:
         job = self.job
-        run = PlannedRun(job.model, job.params, BenchmarkConfig.from_params(job.params))
-        refused = [f for f in check_devices([run], cuda_devices(), allow_cpu=self.allow_cpu,
+        refused = [f for f in check_devices([job], cuda_devices(), allow_cpu=self.allow_cpu,
                                             allow_memory=self.allow_memory) if f.refused]
         if refused:
             job.status = "failed"

@@ -38,14 +38,13 @@ from ..data.validation import check_tree
 from ..errors import ConfigError
 from ..models import fetch
 from ..models.caches import FETCH_COMMAND
-from ..results.store import check_output_folder, completed_runs, run_group_for
+from ..results.store import check_output_folder
 from ..runtime import GB, precision_dtype, training_precision
 from ..training.recipe import MMSEG
-from .config import BenchmarkConfig
 from .devices import Device, cuda_devices
 from .footprint import Footprint, footprint, training_memory_bytes
 from .profiles import Profile, get_profile
-from .suite import evaluated_scenes, run_params
+from .suite import Job, plan
 
 #: Recipes that are the GPU protocol on the LoveDA release: they need a CUDA device and the
 #: release's tiles (the synthetic mini-LoveDA is the CPU demo's data).
@@ -74,19 +73,6 @@ class Finding:
     @property
     def refused(self) -> bool:
         return self.status == REFUSED
-
-
-@dataclass(frozen=True)
-class PlannedRun:
-    """A model the suite would run, with its notebook parameters resolved into a config."""
-
-    model: str
-    params: Mapping[str, Any]
-    config: BenchmarkConfig
-
-    @property
-    def needs_gpu(self) -> bool:
-        return self.config.recipe in GPU_RECIPES
 
 
 @dataclass
@@ -127,41 +113,20 @@ class PreflightReport:
 # -- what would run --------------------------------------------------------------------------
 
 
-def planned_runs(
-    profile: str | Profile,
-    models: Sequence[str] | None,
-    root: Path,
-    results_dir: Path,
-    force: bool = False,
-    overrides: Mapping[str, Any] | None = None,
-) -> list[PlannedRun]:
-    """The runs :func:`~loveda_utils.benchmark.suite.plan` would start (a model in each of the
-    profile's variants, unless a finished run of its group evaluated its scenes; all with
-    ``force``), without claiming their folders."""
-    prof = get_profile(profile)
-    synthetic = is_synthetic(root)
-    runs = []
-    for name in list(models) if models else list(prof.models):
-        for variant in prof.variants:
-            params = run_params(prof, name, root, results_dir, overrides, variant)
-            config = BenchmarkConfig.from_params(params)  # bad values fail here, named
-            recipe = config.training_recipe
-            group = run_group_for(name, synthetic, recipe.crop_size, recipe.max_steps,
-                                  config.train_scenes)
-            scenes = set(normalize_scenes(config.eval_scenes))
-            done = []
-            if not force and results_dir.is_dir():
-                done = [d for d in completed_runs(results_dir, group)
-                        if scenes <= evaluated_scenes(d)]
-            if not done:
-                runs.append(PlannedRun(name, params, config))
-    return runs
+def runs_to_start(jobs: Iterable[Job]) -> list[Job]:
+    """The jobs of :func:`~loveda_utils.benchmark.suite.plan` that would run (not skipped)."""
+    return [job for job in jobs if job.status == "pending"]
 
 
-def _one_per_model(runs: Iterable[PlannedRun]) -> list[PlannedRun]:
+def needs_gpu(run: Job) -> bool:
+    """The run's recipe is meant for a GPU (:data:`GPU_RECIPES`)."""
+    return run.config.recipe in GPU_RECIPES
+
+
+def _one_per_model(runs: Iterable[Job]) -> list[Job]:
     """The first run of each model: a profile's variants (its train scenes) share the model's
     weights and training memory."""
-    first: dict[str, PlannedRun] = {}
+    first: dict[str, Job] = {}
     for run in runs:
         first.setdefault(run.model, run)
     return list(first.values())
@@ -170,7 +135,7 @@ def _one_per_model(runs: Iterable[PlannedRun]) -> list[PlannedRun]:
 # -- data ------------------------------------------------------------------------------------
 
 
-def _data_needs(runs: Iterable[PlannedRun]) -> dict[str, set[str]]:
+def _data_needs(runs: Iterable[Job]) -> dict[str, set[str]]:
     """Split -> scenes the runs read: Train (unless a checkpoint is evaluated) and the eval split."""
     needs: dict[str, set[str]] = {}
     for run in runs:
@@ -189,10 +154,10 @@ class _EvalTiles:
     pixels: dict[str, int] = field(default_factory=dict)
 
 
-def check_data(runs: Sequence[PlannedRun], root: Path) -> tuple[list[Finding], _EvalTiles]:
+def check_data(runs: Sequence[Job], root: Path) -> tuple[list[Finding], _EvalTiles]:
     """One row per split the runs read; every release tile of its scenes must be there."""
     synthetic = is_synthetic(root)
-    gpu_recipes = sorted({r.config.recipe for r in runs if r.needs_gpu})
+    gpu_recipes = sorted({r.config.recipe for r in runs if needs_gpu(r)})
     findings, tiles = [], _EvalTiles()
     invalid: dict[str, list[str]] = {}  # split -> scenes, where check_tree found problems
     for split, needed in sorted(_data_needs(runs).items(), key=lambda kv: SPLITS.index(kv[0])):
@@ -234,11 +199,11 @@ def check_data(runs: Sequence[PlannedRun], root: Path) -> tuple[list[Finding], _
 # -- weights ---------------------------------------------------------------------------------
 
 
-def check_weights(runs: Sequence[PlannedRun], profile: Profile | None = None) -> list[Finding]:
+def check_weights(runs: Sequence[Job], profile: Profile | None = None) -> list[Finding]:
     """One row per model: its pretrained files in their caches (or the checkpoint it evaluates);
     the models missing files share one ``fetch-weights`` command per ``--pretrained`` choice
     (``--profile NAME`` when that is every model of ``profile``)."""
-    rows: list[tuple[PlannedRun, str, str]] = []  # run, status, detail
+    rows: list[tuple[Job, str, str]] = []  # run, status, detail
     missing: dict[str | None, list[str]] = {}  # --pretrained value (None: the default) -> models
     for run in _one_per_model(runs):
         c = run.config
@@ -280,14 +245,14 @@ def check_weights(runs: Sequence[PlannedRun], profile: Profile | None = None) ->
 # -- devices ---------------------------------------------------------------------------------
 
 
-def trains_on_gpu(run: PlannedRun) -> bool:
+def trains_on_gpu(run: Job) -> bool:
     """Whether ``run`` trains on a CUDA device when one is there (not a checkpoint's evaluation,
     not ``accelerator="cpu"``)."""
     return not run.config.checkpoint and str(run.config.accelerator).lower() != "cpu"
 
 
 def check_devices(
-    runs: Sequence[PlannedRun],
+    runs: Sequence[Job],
     devices: Sequence[Device],
     *,
     allow_cpu: bool = False,
@@ -298,7 +263,7 @@ def check_devices(
     smallest of ``devices`` (the models share them, one per device). ``footprints``: the
     models' footprints with activations (a model missing from them is left out), computed
     here when not given."""
-    needing = sorted({r.config.recipe for r in runs if r.needs_gpu})
+    needing = sorted({r.config.recipe for r in runs if needs_gpu(r)})
     if not devices:
         if not needing:
             return [Finding("gpu", "cuda", OK, "none visible: these recipes run on the CPU")]
@@ -344,7 +309,7 @@ def check_devices(
     return findings
 
 
-def _try_footprint(run: PlannedRun, with_activations: bool) -> Footprint | Finding:
+def _try_footprint(run: Job, with_activations: bool) -> Footprint | Finding:
     """``run``'s model's footprint, or a skipped finding saying why it has none."""
     recipe = run.config.training_recipe
     try:
@@ -366,7 +331,7 @@ def _existing_ancestor(path: Path) -> Path:
     return path
 
 
-def run_bytes(run: PlannedRun, fp: Footprint, tiles: _EvalTiles) -> dict[str, int]:
+def run_bytes(run: Job, fp: Footprint, tiles: _EvalTiles) -> dict[str, int]:
     """What one run writes: its checkpoint, its prediction PNGs, its other files."""
     c = run.config
     split = normalize_split(c.eval_split)
@@ -379,7 +344,7 @@ def run_bytes(run: PlannedRun, fp: Footprint, tiles: _EvalTiles) -> dict[str, in
             "predictions": int(pngs * per_png), "run files": RUN_FILES_BYTES}
 
 
-def check_disk(runs: Sequence[PlannedRun], results_dir: Path, tiles: _EvalTiles,
+def check_disk(runs: Sequence[Job], results_dir: Path, tiles: _EvalTiles,
                footprints: Mapping[str, Footprint]) -> list[Finding]:
     """The runs' files (:func:`run_bytes`) against the free space where they go."""
     totals: dict[str, int] = {}
@@ -445,7 +410,7 @@ def preflight(
     """
     start = time.perf_counter()
     prof = get_profile(profile)
-    runs = planned_runs(prof, models, root, results_dir, force, overrides)
+    runs = runs_to_start(plan(prof, models, root, results_dir, force, overrides, claim=False))
     kind = "mini-LoveDA (synthetic)" if is_synthetic(root) else "LoveDA"
     report = PreflightReport(f"pre-flight of suite '{prof.name}': {len(runs)} model(s) to run on "
                              f"{kind} at {root}, results in {results_dir}")

@@ -101,6 +101,11 @@ class Job:
     variant: Mapping[str, Any] = field(default_factory=dict)
 
     @property
+    def config(self) -> BenchmarkConfig:
+        """The notebook parameters resolved and checked (a bad value raises, naming it)."""
+        return BenchmarkConfig.from_params(self.params)
+
+    @property
     def notebook(self) -> Path | None:
         return self.run_dir / NOTEBOOK_FILE if self.run_dir else None
 
@@ -148,49 +153,50 @@ def plan(
     results_dir: Path,
     force: bool = False,
     overrides: Mapping[str, Any] | None = None,
+    *,
+    claim: bool = True,
 ) -> list[Job]:
     """Decide, per model and variant, its parameters and run folder, or that it is done: a
     finished run of the same group (model, data, train scenes, crop, schedule) that evaluated the
-    scenes this one evaluates.
+    scenes this one evaluates (``status="skipped"``, ``run_dir`` that run's folder).
 
     Every parameter is checked (``--set`` keys, then each run's values, as the notebook will)
     before any folder is claimed. The folders are claimed now and held until
     :meth:`Job.release` (or the end of the process): a run's newest unfinished folder that no
     live run holds is resumed (with ``force``: a fresh folder). Paths go to the notebook
-    absolute, since it runs in ``notebooks/``.
+    absolute, since it runs in ``notebooks/``. ``claim=False`` (the pre-flight) decides the same
+    but claims and writes nothing: the jobs to run keep ``run_dir=None``.
     """
     prof = get_profile(profile)
     overrides = check_overrides(overrides)
     names = list(models) if models else list(prof.models)
     for name in names:
         get_spec(name)  # unknown names fail here, with the list of valid ones
-    results_dir = check_output_folder(results_dir, "results_dir")
-    root = Path(os.path.abspath(root))
+    results_dir = (check_output_folder(results_dir, "results_dir") if claim
+                   else Path(os.path.abspath(results_dir)))
     synthetic = is_synthetic(root)
     jobs = []
     for name, variant in ((n, v) for n in names for v in prof.variants):
-        params = prof.params_for(name, synthetic, variant) | overrides
-        params.update(model=name, data_root=str(root), results_dir=str(results_dir))
-        params = absolute_paths(params)
         # The resolved numbers go to the notebook too, so that its parameters cell shows them.
-        recipe = Recipe.from_params(params)
-        params.update(recipe.to_params())
-        BenchmarkConfig.from_params(params)  # a bad value fails now, not in the notebook
-        train_scenes = params.get("train_scenes", "both")
-        group = run_group_for(name, synthetic, recipe.crop_size, recipe.max_steps, train_scenes)
+        params = run_params(prof, name, root, results_dir, overrides, variant)
+        config = BenchmarkConfig.from_params(params)  # a bad value fails now, not in the notebook
+        recipe = config.training_recipe
+        group = run_group_for(name, synthetic, recipe.crop_size, recipe.max_steps,
+                              config.train_scenes)
         jobs.append(Job(name, params, group, variant=dict(variant)))
     try:
         for job in jobs:
-            eval_scenes = set(normalize_scenes(job.params.get("eval_scenes", "both")))
+            eval_scenes = set(normalize_scenes(job.config.eval_scenes))
             done = [d for d in completed_runs(results_dir, job.run_group)
-                    if eval_scenes <= evaluated_scenes(d)]
+                    if eval_scenes <= evaluated_scenes(d)] if results_dir.is_dir() else []
             if done and not force:
                 job.status, job.run_dir = "skipped", done[-1]
                 job.message = f"already done: {done[-1] / METRICS_FILE} (use --force to run again)"
-            else:
+            elif claim:
                 # force: a fresh folder, never the unfinished one (its last.ckpt may be the problem).
                 job.run_dir = claim_run_dir(results_dir, job.run_group, resume=not force)
-            job.params["run_name"] = job.run_dir.name
+            if job.run_dir is not None:
+                job.params["run_name"] = job.run_dir.name
     except BaseException:
         for job in jobs:
             job.release()

@@ -377,18 +377,11 @@ class PerSceneConfusion:
     One ``torch.bincount`` per update serves every scene of the batch and the overall matrix
     (the sample's scene is folded into the bin index).
 
-    Args: as :class:`ConfusionMatrix`.
+    Args: those of :class:`ConfusionMatrix` (every scene's matrix shares them).
     """
 
-    def __init__(
-        self,
-        num_classes: int = NUM_CLASSES,
-        ignore_index: int = IGNORE_INDEX,
-        class_names: Sequence[str] | None = None,
-        device: torch.device | str | None = None,
-        validate: bool = True,
-    ) -> None:
-        self.overall = ConfusionMatrix(num_classes, ignore_index, class_names, device, validate)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.overall = ConfusionMatrix(*args, **kwargs)
         self.scenes: dict[str, ConfusionMatrix] = {}
 
     @property
@@ -398,9 +391,8 @@ class PerSceneConfusion:
     def _scene_matrix(self, key: str) -> ConfusionMatrix:
         if key not in self.scenes:
             o = self.overall
-            self.scenes[key] = ConfusionMatrix(
-                o.num_classes, o.ignore_index, o.class_names, o.device, o.validate
-            )
+            self.scenes[key] = ConfusionMatrix(o.num_classes, o.ignore_index, o.class_names,
+                                               o.device, o.validate)
             # Keep the archive's order (urban, rural), then any other scene names.
             order = [s.lower() for s in SCENES]
             self.scenes = dict(

@@ -28,7 +28,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from ..data.classes import CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES
+from ..data.classes import CLASS_NAMES
 from ..files import atomic_output
 from .metrics import PerSceneConfusion, _confusion_counts, _scene_key
 
@@ -154,15 +154,8 @@ class PerTileConfusion(PerSceneConfusion):
     :meth:`tiles`.
     """
 
-    def __init__(
-        self,
-        num_classes: int = NUM_CLASSES,
-        ignore_index: int = IGNORE_INDEX,
-        class_names: Sequence[str] | None = None,
-        device: torch.device | str | None = None,
-        validate: bool = True,
-    ) -> None:
-        super().__init__(num_classes, ignore_index, class_names, device, validate)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:  # those of ConfusionMatrix
+        super().__init__(*args, **kwargs)
         self._tile_counts: list[torch.Tensor] = []
         self._tile_names: list[str] = []
         self._tile_scenes: list[str] = []

@@ -20,7 +20,7 @@ from loveda_utils.benchmark.footprint import (
 )
 from loveda_utils.benchmark.measure import count_params
 from loveda_utils.benchmark.profiles import PROFILES, Profile
-from loveda_utils.benchmark.suite import run_suite
+from loveda_utils.benchmark.suite import plan, run_suite
 from loveda_utils.cli import main as cli
 from loveda_utils.errors import PreflightError
 from loveda_utils.models import fetch
@@ -51,6 +51,11 @@ def one_gpu(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
     return props
 
+
+
+def _planned(*args, **kwargs):
+    """The runs the pre-flight checks: the suite's plan, claiming nothing, done runs left out."""
+    return pf.runs_to_start(plan(*args, claim=False, **kwargs))
 
 def rows(report: pf.PreflightReport, check: str) -> list[pf.Finding]:
     return [f for f in report.findings if f.check == check]
@@ -114,12 +119,12 @@ def test_only_runs_without_a_record_are_checked(mini_loveda: Path, tmp_path: Pat
     record = make_record((QUICK_MODEL, "LRASPP", "MobileNetV3-L"), synthetic=True,
                          crop_size=128, lr_schd=recipe["max_steps"])
     write_run(results, record)
-    runs = pf.planned_runs(quick, None, mini_loveda, results)
+    runs = _planned(quick, None, mini_loveda, results)
     assert QUICK_MODEL not in [r.model for r in runs] and len(runs) == len(quick.models) - 1
-    forced = pf.planned_runs(quick, None, mini_loveda, results, force=True)
+    forced = _planned(quick, None, mini_loveda, results, force=True)
     assert QUICK_MODEL in [r.model for r in forced]
     # A profile with variants: one run per model and variant (cross-domain: Urban, Rural).
-    cross = pf.planned_runs("cross-domain", [QUICK_MODEL], mini_loveda, results)
+    cross = _planned("cross-domain", [QUICK_MODEL], mini_loveda, results)
     assert [r.config.train_scenes for r in cross] == ["urban", "rural"]
 
 
@@ -197,7 +202,7 @@ def test_visible_devices_and_a_model_too_big_for_them(one_gpu, mini_loveda: Path
 
     model = "deeplabv3plus_resnet101"
     # 16 images per device (the mmseg recipe's 4 per device x 4 on one GPU) do not fit 16 GB.
-    big = pf.planned_runs("mmseg", [model], mini_loveda, tmp_path / "r", overrides={"batch_size": 16})
+    big = _planned("mmseg", [model], mini_loveda, tmp_path / "r", overrides={"batch_size": 16})
     findings = pf.check_devices(big, [device])
     gpu, memory = findings
     assert gpu.status == pf.OK and "Mock GPU" in gpu.detail
@@ -207,7 +212,7 @@ def test_visible_devices_and_a_model_too_big_for_them(one_gpu, mini_loveda: Path
     assert pf.check_devices(big, [device], allow_memory=True)[1].status == pf.ALLOWED
 
     # The recipe's own per-device batch fits.
-    (run,) = pf.planned_runs("mmseg", [model], mini_loveda, tmp_path / "r")
+    (run,) = _planned("mmseg", [model], mini_loveda, tmp_path / "r")
     batch = run.config.training_recipe.batch_size
     fits = pf.check_devices([run], [device])[1]
     assert fits.status == pf.OK and f"batch {batch}, 512 px" in fits.detail
@@ -264,7 +269,7 @@ def test_a_model_the_meta_device_cannot_build_is_skipped_not_refused(
 
 
 def test_no_gpu_needed_no_gpu_asked(mini_loveda: Path, tmp_path: Path) -> None:
-    runs = pf.planned_runs("quick", [QUICK_MODEL], mini_loveda, tmp_path / "r")
+    runs = _planned("quick", [QUICK_MODEL], mini_loveda, tmp_path / "r")
     (row,) = pf.check_devices(runs, [])
     assert row.status == pf.OK and "run on the CPU" in row.detail
 
@@ -278,7 +283,7 @@ def test_the_disk_budget_counts_checkpoints_and_predictions(
     settings = {"save_predictions": True, "visual_tiles": 0}
     report = pf.preflight("quick", [QUICK_MODEL], mini_loveda, tmp_path / "r", devices=[],
                           overrides=settings)
-    (run,) = pf.planned_runs("quick", [QUICK_MODEL], mini_loveda, tmp_path / "r", overrides=settings)
+    (run,) = _planned("quick", [QUICK_MODEL], mini_loveda, tmp_path / "r", overrides=settings)
     _, tiles = pf.check_data([run], mini_loveda)
     sizes = pf.run_bytes(run, footprint(QUICK_MODEL), tiles)
     val_tiles = len(list((mini_loveda / "Val").glob("*/images_png/*.png")))
