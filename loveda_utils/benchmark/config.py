@@ -23,6 +23,7 @@ from typing import Any
 
 from ..data.classes import normalize_scenes, normalize_split
 from ..errors import ConfigError
+from ..evaluation.inference import Mode
 from ..models.registry import get_spec
 from ..models.state_dict import looks_like_path
 from ..results.store import check_run_name
@@ -111,7 +112,7 @@ class BenchmarkConfig:
     allow_cpu: bool = False  # train a GPU recipe's full schedule on the CPU all the same
     num_workers: int | None = None
     eval_batch_size: int = 1
-    eval_mode: str = "whole"
+    eval_mode: Mode = "whole"
     eval_amp: bool = False  # True: evaluate under autocast (the record says so); the table's mIoU is fp32
     slide_window: int = 1024
     slide_stride: int = 768

@@ -112,7 +112,7 @@ def _time_model(model: str, params: Mapping[str, Any], steps: int) -> Timing:
     return Timing(
         seconds_per_step=sorted(warm)[len(warm) // 2],
         seconds_per_tile=per_tile,
-        eval_tiles=len(datamodule.eval_dataset),
+        eval_tiles=len(datamodule.eval_data()),
         params_m=count_params(trained.task.model),
         peak_memory_gb=trained.peak_memory_gb,
         memory_source=trained.memory_source,

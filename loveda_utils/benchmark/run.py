@@ -114,6 +114,14 @@ class BenchmarkRun:
     measurement: Measurement | None = None
 
     @property
+    def _data(self) -> LoveDADataModule:
+        return _require(self.datamodule, "prepare")
+
+    @property
+    def _folder(self) -> Path:
+        return _require(self.run_dir, "prepare")
+
+    @property
     def task(self) -> SegmentationTask:
         """The trained task (after :meth:`train`)."""
         return _require(self.training, "train").task
@@ -130,7 +138,7 @@ class BenchmarkRun:
         self.device = resolve_device(c.accelerator)
         recipe = c.training_recipe
         if c.checkpoint:
-            self.checkpoint = self._load_checkpoint()
+            self.checkpoint = self._load_checkpoint(c.checkpoint)
         ckpt = self.checkpoint
         self.trained_as = TrainedAs(
             crop_size=(ckpt.crop_size if ckpt else None) or recipe.crop_size,
@@ -169,12 +177,12 @@ class BenchmarkRun:
         name = self.config.run_name
         return claim_run_dir(self._results_dir(), group, name, resume=name is not None)
 
-    def _load_checkpoint(self) -> LoadedCheckpoint:
-        loaded = load_checkpoint(Path(self.config.checkpoint))
-        if loaded.task.hparams.model != self.config.model:
+    def _load_checkpoint(self, path: str) -> LoadedCheckpoint:
+        loaded = load_checkpoint(Path(path))
+        if loaded.task.model_name != self.config.model:
             raise CheckpointError(
-                f"checkpoint {loaded.path} holds model {loaded.task.hparams.model!r} but model="
-                f"{self.config.model!r}; pass model={loaded.task.hparams.model!r}"
+                f"checkpoint {loaded.path} holds model {loaded.task.model_name!r} but model="
+                f"{self.config.model!r}; pass model={loaded.task.model_name!r}"
             )
         return loaded
 
@@ -192,7 +200,7 @@ class BenchmarkRun:
             )
         else:
             self.training = fit(
-                c.training_recipe, self.datamodule, self.run_dir, model=c.model,
+                c.training_recipe, self._data, self._folder, model=c.model,
                 channels_last=bool(c.channels_last), accelerator=c.accelerator, devices=c.devices,
                 strategy=c.strategy, num_nodes=c.num_nodes, progress=c.progress,
                 allow_cpu=c.allow_cpu,
@@ -210,10 +218,10 @@ class BenchmarkRun:
     def _evaluate(self, ms_flip: bool, save: bool) -> EvaluationResult:
         c = self.config
         return evaluate(
-            self._model(), self.datamodule.val_dataloader(), device=self.device, ms_flip=ms_flip,
+            self._model(), self._data.val_dataloader(), device=self.device, ms_flip=ms_flip,
             mode=c.eval_mode, window=c.slide_window, stride=c.slide_stride, amp=c.eval_amp,
             channels_last=c.channels_last, progress=c.progress,
-            save_predictions_dir=self.run_dir / "predictions" if save else None,
+            save_predictions_dir=self._folder / "predictions" if save else None,
         )
 
     def evaluate(self) -> Evaluation:
@@ -223,7 +231,7 @@ class BenchmarkRun:
         single = self._evaluate(ms_flip=False, save=self.config.save_predictions)
         scored = single.scores is not None
         ms_flip = self._evaluate(ms_flip=True, save=False) if self.config.ms_flip and scored else None
-        save_run_tiles(self.run_dir, single, ms_flip)
+        save_run_tiles(self._folder, single, ms_flip)
         self.evaluation = Evaluation(single=single, ms_flip=ms_flip)
         return self.evaluation
 
@@ -232,13 +240,13 @@ class BenchmarkRun:
         n = self.config.visual_tiles
         if n <= 0:
             return []
-        base = _base(self.datamodule.eval_dataset)
+        base = _base(self._data.eval_dataset)
         indices = visual_tile_indices(base, n)
         loader = DataLoader(Subset(base, indices), batch_size=1)
         evaluate(self._model(), loader, device=self.device, mode=self.config.eval_mode,
                  window=self.config.slide_window, stride=self.config.slide_stride,
-                 save_predictions_dir=self.run_dir / "visuals")
-        return sorted((self.run_dir / "visuals").rglob("*.png"))
+                 save_predictions_dir=self._folder / "visuals")
+        return sorted((self._folder / "visuals").rglob("*.png"))
 
     def scores_table(self):
         """Per-class IoU (%) with the overall and per-scene mIoU, plain and ms+flip side by side
@@ -272,7 +280,7 @@ class BenchmarkRun:
 
         if self.config.visual_tiles <= 0:
             return None
-        base = _base(self.datamodule.eval_dataset)
+        base = _base(self._data.eval_dataset)
         rows = []
         for index in visual_tile_indices(base, self.config.visual_tiles):
             sample = base[index]
@@ -283,7 +291,7 @@ class BenchmarkRun:
                     title=f"{split}/{scene}/{name}",
                     image=sample["image"],
                     target=None if mask is None else mask.numpy(),
-                    predictions=[read_prediction(self.run_dir / "visuals" / split / scene / name)],
+                    predictions=[read_prediction(self._folder / "visuals" / split / scene / name)],
                 )
             )
         title = "Predictions on the comparison tiles"
@@ -327,13 +335,13 @@ class BenchmarkRun:
         single, ms = evaluation.single, evaluation.ms_flip
         scores, ms_scores = single.scores, (ms.scores if ms else None)
         speed, fast, memory = measurement.speed, measurement.speed_fast, measurement.memory
-        dataset = self.datamodule.describe()
+        dataset = self._data.describe()
         dataset["n_images"] = single.n_images
         ci = uncertainty_fields(single, ms)
         unscored = dict.fromkeys(CLASS_NAMES)  # the Test split: no mask, no IoU
         return check_record_keys({
             "schema": RECORD_SCHEMA,
-            "run_name": self.run_dir.name,
+            "run_name": self._folder.name,
             "run_group": self.run_group,
             "status": "complete",
             "model": c.model,
@@ -385,7 +393,7 @@ class BenchmarkRun:
             "eval_seconds": single.seconds,
             "saved_predictions": _saved_predictions(single, dataset["split"]),
             "final_loss": training.final_loss,
-            "checkpoint": _relative(training.checkpoint, self.run_dir),
+            "checkpoint": _relative(training.checkpoint, self._folder),
             "config": c.to_dict(),
             "git_commit": git_commit(),
             "versions": versions(),
@@ -399,7 +407,7 @@ class BenchmarkRun:
         problems = validate_record(record)
         if problems:
             raise ValueError("the record does not meet the contract: " + "; ".join(problems))
-        path = self.run_dir / METRICS_FILE
+        path = self._folder / METRICS_FILE
         write_json_atomic(path, record)
         release_run_dir(path.parent)  # the run is over: its folder is never written again
         return path

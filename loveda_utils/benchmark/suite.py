@@ -221,29 +221,44 @@ def child_env(gpu: str | None, parallel: int = 1) -> dict[str, str]:
 
 
 def execute_job(job: Job, gpu: str | None, parallel: int = 1) -> Job:
-    params_file = job.run_dir / "suite_params.yaml"
+    """Run the job's notebook through papermill in its claimed folder; its status and message
+    say how it ended."""
+    run_dir = job.run_dir
+    if run_dir is None:
+        raise ValueError(f"{job.label}: no run folder; plan() claims one before it runs")
+    notebook = run_dir / NOTEBOOK_FILE
+    params_file = run_dir / "suite_params.yaml"
     params_file.write_text(yaml.safe_dump(job.params, sort_keys=False))
-    cmd = [sys.executable, "-m", "papermill", str(BENCHMARK_NOTEBOOK), str(job.notebook),
+    cmd = [sys.executable, "-m", "papermill", str(BENCHMARK_NOTEBOOK), str(notebook),
            "-f", str(params_file), "-k", "python3", "--cwd", str(NOTEBOOKS_DIR), "--no-progress-bar",
            "--log-output"]
     env = child_env(gpu, parallel)
     # The notebook takes over this process's claim of the folder; papermill holds the lock too,
     # so the folder stays claimed while the notebook runs even if the suite is killed.
-    claim = held_claim(job.run_dir) if job.run_dir else None
+    claim = held_claim(run_dir)
     env.update(claim.child_env() if claim else {})
     start = time.perf_counter()
-    with open(job.run_dir / "papermill.log", "w") as out:
+    with open(run_dir / "papermill.log", "w") as out:
         done = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=PROJECT_ROOT,
                               pass_fds=claim.pass_fds() if claim else ())
     job.seconds = time.perf_counter() - start
-    if done.returncode == 0 and (job.run_dir / METRICS_FILE).exists():
-        record = json.loads((job.run_dir / METRICS_FILE).read_text())
+    if done.returncode == 0 and (run_dir / METRICS_FILE).exists():
+        record = json.loads((run_dir / METRICS_FILE).read_text())
         job.status = "done"
-        job.message = f"mIoU {100 * record['miou']:.2f}, {record['fps']:.1f} fps"
+        job.message = _summary(record)
     else:
         job.status = "failed"
-        job.message = f"{_last_error(job.notebook, job.run_dir / 'papermill.log')} -> see {job.notebook}"
+        job.message = f"{_last_error(notebook, run_dir / 'papermill.log')} -> see {notebook}"
     return job
+
+
+def _summary(record: dict[str, Any]) -> str:
+    """A finished run in a few words; a Test-split run has predictions but no scores."""
+    scores = [f"mIoU {100 * record['miou']:.2f}"] if record.get("miou") is not None else [
+        "no scores (predictions only)"]
+    if record.get("fps") is not None:
+        scores.append(f"{record['fps']:.1f} fps")
+    return ", ".join(scores)
 
 
 def _last_error(notebook: Path, log_file: Path) -> str:
@@ -365,7 +380,7 @@ def run_suite(
         if job.status == "skipped":
             log(f"  - {job.label}: {job.message}")
     gpus = visible_gpus(gpus)
-    slots = gpus or [None]
+    slots: list[str | None] = list(gpus) if gpus else [None]
     free = list(slots)
     lock = threading.Lock()
     counter = iter(range(1, len(todo) + 1))

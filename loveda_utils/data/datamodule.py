@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import operator
 import os
 import random
-import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +26,7 @@ from ..errors import ConfigError
 from ..runtime import available_cores
 from .classes import normalize_scenes, normalize_split
 from .dataset import LoveDASegmentation
+from .read_ahead import ReadAhead
 from .root import resolve_data_root
 from .synthetic import is_synthetic
 from .transforms import crop_fits, eval_transforms, train_transforms
@@ -103,94 +101,16 @@ def collate(samples: Sequence[Sample]) -> dict[str, Any]:
     images = [s["image"] for s in samples] if samples and "image" in samples[0] else []
     hwc = [im.permute(1, 2, 0) for im in images if isinstance(im, torch.Tensor) and im.ndim == 3]
     if not hwc or len(hwc) != len(images) or not all(x.is_contiguous() for x in hwc):
-        return default_collate(samples)
+        return default_collate(list(samples))
     batch = default_collate([{k: v for k, v in s.items() if k != "image"} for s in samples])
     # default_collate stacks into shared memory inside a loader worker: no extra copy there.
     batch["image"] = default_collate(hwc).permute(0, 3, 1, 2)
     return batch
 
 
-class ReadAhead(Dataset):
-    """Load the next tiles of an in-order pass together, on several threads, while the model waits.
-
-    Without CUDA the forward pass keeps every core busy, so loader workers only compete with it
-    (:func:`default_num_workers`) and the main process decodes; but then one core decodes while
-    the others idle. Asked for a tile that is not ready, this wrapper loads it and the next
-    ``ahead - 1`` tiles at once: the calling thread and ``threads - 1`` helpers take tiles in
-    turn (PNG decoders release the GIL), and it returns only when all are done, so nothing
-    decodes during the following forward passes, which it serves from that buffer.
-
-    Why bursts of several tiles per thread: two threads decoding side by side run well short of
-    twice as fast as one, bursts of 2 tiles saved nothing at 512 px while bursts of 8 did, and a
-    thread's wake-up is paid once per burst (measured: ``benchmarks/RESULTS.md``, "Tried, did
-    not pay").
-
-    For evaluation: samples are produced in the threads, transforms included, so the transforms
-    must be deterministic (random augmentation would draw in a different order). Each sample
-    is the plain dataset's, a tile that fails to load raises when it is asked for, and memory
-    holds at most ``ahead`` samples more than the plain dataset.
-    """
-
-    def __init__(self, dataset: Dataset, threads: int, ahead: int | None = None) -> None:
-        """Args:
-        dataset: a map-style dataset (a :class:`LoveDASegmentation` or a ``Subset`` of one).
-        threads: threads that load at once (the calling one included); 1 loads in order.
-        ahead: tiles per burst (default ``4 * threads``).
-        """
-        ahead = 4 * threads if ahead is None and isinstance(threads, int) else ahead
-        for name, value in (("threads", threads), ("ahead", ahead)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
-        self.dataset = dataset
-        self.threads = threads
-        self.ahead = ahead
-        self._ready: dict[int, tuple[Any, BaseException | None]] = {}
-        self._pool: ThreadPoolExecutor | None = None
-
-    def __len__(self) -> int:
-        return len(self.dataset)  # type: ignore[arg-type]
-
-    def __getitem__(self, index: int) -> Any:
-        n = len(self)
-        index = operator.index(index)
-        if index < 0:
-            index += n
-        if not 0 <= index < n:
-            raise IndexError(f"index {index} out of range for {n} samples")
-        if index not in self._ready:
-            if self.threads == 1 or self.ahead == 1:
-                return self.dataset[index]
-            self._ready = self._load(range(index, min(index + self.ahead, n)))
-        sample, error = self._ready.pop(index)
-        if error is not None:
-            raise error  # the tile's own error, when its turn comes
-        return sample
-
-    def _load(self, indices: range) -> dict[int, tuple[Any, BaseException | None]]:
-        loaded: dict[int, tuple[Any, BaseException | None]] = {}
-        todo = iter(indices)
-        lock = threading.Lock()
-
-        def work() -> None:
-            while True:
-                with lock:
-                    i = next(todo, None)
-                if i is None:
-                    return
-                try:
-                    loaded[i] = (self.dataset[i], None)
-                except Exception as exc:  # noqa: BLE001 - re-raised for that tile
-                    loaded[i] = (None, exc)
-
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(self.threads - 1, thread_name_prefix="read-ahead")
-        helpers = [self._pool.submit(work) for _ in range(min(self.threads, len(indices)) - 1)]
-        work()  # the calling thread loads too: one wake-up fewer per burst
-        wait(helpers)
-        return loaded
-
-    def __getstate__(self) -> dict[str, Any]:  # for loader workers: no pool, no buffer
-        return {**self.__dict__, "_ready": {}, "_pool": None}
+#: Why a data module built only to evaluate cannot train.
+_TRAINING_NEEDS = ("LoveDADataModule({}=None) cannot train: pass the training recipe's crop_size and "
+                   "batch_size, as loveda_utils.training.trainer.build_datamodule(recipe, root) does")
 
 
 class LoveDADataModule(L.LightningDataModule):
@@ -211,9 +131,9 @@ class LoveDADataModule(L.LightningDataModule):
         train_scenes: str | Sequence[str] = "both",
         eval_scenes: str | Sequence[str] = "both",
         eval_split: str = "val",
-        batch_size: int = 16,
+        batch_size: int | None = None,
         eval_batch_size: int = 1,
-        crop_size: int = 512,
+        crop_size: int | None = None,
         num_workers: int | None = None,
         pin_memory: bool | None = None,
         seed: int = 0,
@@ -232,6 +152,9 @@ class LoveDADataModule(L.LightningDataModule):
             the step's global batch is ``batch_size`` times the processes);
             ``eval_batch_size``: whole tiles per evaluation batch.
         crop_size: training crop; refused when larger than the tiles.
+            ``batch_size`` and ``crop_size`` are the training recipe's, which
+            :func:`loveda_utils.training.trainer.build_datamodule` passes; a data module that
+            only evaluates needs neither.
         num_workers: loader processes of each training process (default:
             :func:`default_num_workers` for the processes this machine runs: with CUDA one per
             core of each process's share but one, without CUDA the cores torch's threads leave
@@ -267,13 +190,14 @@ class LoveDADataModule(L.LightningDataModule):
             raise ValueError(f"read_ahead must be a positive int or None, got {read_ahead!r}")
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
         self.seed = seed
-        self.train_transform = train_transform or train_transforms(crop_size)
+        self.train_transform = train_transform or (
+            train_transforms(crop_size) if crop_size is not None else None)
         self.eval_transform = eval_transform or eval_transforms()
         self.limit_eval_images = limit_eval_images
         self.validate = validate
         self.synthetic = is_synthetic(self.root)
         self.train_dataset: LoveDASegmentation | None = None
-        self.eval_dataset: LoveDASegmentation | Subset | None = None
+        self.eval_dataset: LoveDASegmentation | Subset[Sample] | None = None
 
     @property
     def num_workers(self) -> int:
@@ -302,15 +226,25 @@ class LoveDADataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         """Validate and build the datasets a stage needs (``fit``, ``validate``, ``test``, ``predict``)."""
         if stage in (None, "fit") and self.train_dataset is None:
+            if self.train_transform is None:
+                raise ConfigError(_TRAINING_NEEDS.format("crop_size"))
             self._check("Train", self.train_scenes)
             self.train_dataset = LoveDASegmentation(self.root, "train", self.train_scenes, self.train_transform)
-            crop_fits(self.crop_size, self.tile_size(self.train_dataset))
+            if self.crop_size is not None:
+                crop_fits(self.crop_size, self.tile_size(self.train_dataset))
         if self.eval_dataset is None:
             self._check(self.eval_split, self.eval_scenes)
-            dataset = LoveDASegmentation(self.root, self.eval_split, self.eval_scenes, self.eval_transform)
-            if self.limit_eval_images is not None:
-                dataset = Subset(dataset, range(min(self.limit_eval_images, len(dataset))))
-            self.eval_dataset = dataset
+            full = LoveDASegmentation(self.root, self.eval_split, self.eval_scenes, self.eval_transform)
+            self.eval_dataset = full if self.limit_eval_images is None else Subset(
+                full, range(min(self.limit_eval_images, len(full))))
+
+    def eval_data(self) -> LoveDASegmentation | Subset[Sample]:
+        """The eval split's dataset, built on first use."""
+        if self.eval_dataset is None:
+            self.setup("validate")
+        if self.eval_dataset is None:
+            raise RuntimeError("setup('validate') built no eval dataset")
+        return self.eval_dataset
 
     @staticmethod
     def tile_size(dataset: LoveDASegmentation) -> tuple[int, int]:
@@ -320,10 +254,8 @@ class LoveDADataModule(L.LightningDataModule):
 
     def eval_tile_size(self) -> tuple[int, int]:
         """(height, width) of the eval split's tiles (of the full split behind a ``limit_eval_images``)."""
-        if self.eval_dataset is None:
-            self.setup("validate")
-        dataset = self.eval_dataset
-        return self.tile_size(dataset.dataset if isinstance(dataset, Subset) else dataset)
+        dataset = self.eval_data()
+        return self.tile_size(dataset.dataset if isinstance(dataset, Subset) else dataset)  # type: ignore[arg-type]
 
     # -- loaders -------------------------------------------------------------------------------
 
@@ -372,6 +304,8 @@ class LoveDADataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
+        if self.batch_size is None:
+            raise ConfigError(_TRAINING_NEEDS.format("batch_size"))
         if self.train_dataset is None:
             self.setup("fit")
         rank, world = distributed_rank()
@@ -383,9 +317,7 @@ class LoveDADataModule(L.LightningDataModule):
         return self._loader(self.train_dataset, self.batch_size, shuffle=True)
 
     def val_dataloader(self) -> DataLoader:
-        if self.eval_dataset is None:
-            self.setup("validate")
-        dataset = self.eval_dataset
+        dataset: Dataset[Sample] = self.eval_data()
         # Read-ahead loads runs of consecutive tiles: in order, not a DDP rank's every other tile.
         if self.num_workers == 0 and self.read_ahead > 1 and distributed_rank()[1] == 1:
             threads = max(1, min(torch.get_num_threads(), self.read_ahead))

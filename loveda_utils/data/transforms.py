@@ -379,7 +379,7 @@ def _pick(option: bool | Step | None, default: Callable[[], Step]) -> Step | Non
 
 
 def train_transforms(
-    crop_size: int = 512,
+    crop_size: int,
     *,
     fidelity: Fidelity = "mmseg",
     scale: tuple[int, int] | None = None,
@@ -396,7 +396,7 @@ def train_transforms(
     """MMSeg's LoveDA training pipeline, one switchable step per argument.
 
     Args:
-        crop_size: side of the square training crop (MMSeg: 512).
+        crop_size: side of the square training crop (the recipe's, ``training/recipe.py``).
         fidelity: ``"mmseg"`` reproduces mmcv's resize and MMSeg's uint8 photometric arithmetic;
             ``"fast"`` uses torchvision's antialiased resize and float colour operations (module
             docstring).
@@ -432,11 +432,6 @@ def eval_transforms(*, normalization: bool | Step = False) -> v2.Compose:
     """
     steps = [ToTVTensors(), _pick(normalization, normalize), ToPlainTensors()]
     return v2.Compose([s for s in steps if s is not None])
-
-
-def default_crop_size(tile_side: int) -> int:
-    """MMSeg trains 512 px crops on 1024 px tiles: half the tile, at most 512."""
-    return max(16, min(512, tile_side // 2))
 
 
 def crop_fits(crop_size: int, tile_size: tuple[int, int]) -> None:

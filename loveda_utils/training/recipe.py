@@ -108,6 +108,15 @@ class Recipe:
         steps = self.max_steps if steps is None else steps
         return self.name in GPU_RECIPES and steps >= RECIPES[self.name].max_steps
 
+    def crop_for(self, tile_side: int) -> int:
+        """The recipe's crop, or half the tile on tiles smaller than twice it (MMSeg's 512 px
+        crops on 1024 px LoveDA tiles keep that ratio on the small mini-LoveDA), at least 16.
+
+        >>> MMSEG.crop_for(1024), MMSEG.crop_for(256)
+        (512, 128)
+        """
+        return max(16, min(self.crop_size, tile_side // 2))
+
     def replace(self, **changes: Any) -> Recipe:
         """This recipe with some fields changed (validated like a new one)."""
         unknown = sorted(set(changes) - {"name", *RECIPE_FIELDS})

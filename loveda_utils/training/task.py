@@ -17,6 +17,7 @@ from typing import Any
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.utilities.types import OptimizerLRSchedulerConfig
 
 from ..data.classes import IGNORE_INDEX, NUM_CLASSES
 from ..evaluation.inference import labels_from_logits
@@ -64,10 +65,14 @@ class SegmentationTask(L.LightningModule):
         channels_last: NHWC memory format (faster convolutions on recent GPUs and CPUs).
         """
         super().__init__()
-        # The recipe's own checks, on the fields the task holds.
-        MMSEG.replace(pretrained=pretrained, optimizer=optimizer, lr=lr, momentum=momentum,
-                      weight_decay=weight_decay, max_steps=max_steps, poly_power=poly_power,
-                      min_lr=min_lr, aux_weight=aux_weight)
+        # The recipe's own checks, on the fields the task holds; the typed copy the steps read
+        # (the hyperparameters, saved in checkpoints, rebuild it when one is loaded).
+        self.recipe = MMSEG.replace(pretrained=pretrained, optimizer=optimizer, lr=lr,
+                                    momentum=momentum, weight_decay=weight_decay,
+                                    max_steps=max_steps, poly_power=poly_power, min_lr=min_lr,
+                                    aux_weight=aux_weight)
+        self.channels_last = channels_last
+        self.model_name = model
         self.save_hyperparameters()
         self.model = build_model(model, num_classes=num_classes, pretrained=pretrained)
         if channels_last:
@@ -88,7 +93,7 @@ class SegmentationTask(L.LightningModule):
         return self.model(self._prepare(images))
 
     def _prepare(self, images: torch.Tensor) -> torch.Tensor:
-        if self.hparams.channels_last:
+        if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         return images
 
@@ -96,9 +101,9 @@ class SegmentationTask(L.LightningModule):
         target = mask.long()
         main = F.cross_entropy(logits, target, ignore_index=IGNORE_INDEX)
         out = {"loss_main": main, "loss": main}
-        if aux is not None and self.hparams.aux_weight > 0:
+        if aux is not None and self.recipe.aux_weight > 0:
             out["loss_aux"] = F.cross_entropy(aux, target, ignore_index=IGNORE_INDEX)
-            out["loss"] = main + self.hparams.aux_weight * out["loss_aux"]
+            out["loss"] = main + self.recipe.aux_weight * out["loss_aux"]
         return out
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
@@ -129,9 +134,10 @@ class SegmentationTask(L.LightningModule):
         self.log("val/miou", float(scores.miou), prog_bar=True, sync_dist=False)
         self.log("val/acc", float(scores.accuracy), sync_dist=False)
 
-    def configure_optimizers(self) -> dict[str, Any]:
-        hp = self.hparams
+    def configure_optimizers(self) -> OptimizerLRSchedulerConfig:
+        hp = self.recipe
         params = [p for p in self.model.parameters() if p.requires_grad]
+        optimizer: torch.optim.Optimizer
         if hp.optimizer == "sgd":
             optimizer = torch.optim.SGD(params, lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
         else:

@@ -206,7 +206,7 @@ def fit(
             "(train --allow-cpu) to train on the CPU all the same"
         )
     resumed_from = last_checkpoint(run_dir) if resume else None
-    name = str(model.hparams["model"]) if isinstance(model, SegmentationTask) else model
+    name = model.model_name if isinstance(model, SegmentationTask) else model
     if resumed_from is not None:
         _check_resumable(resumed_from, name, steps)
     task = model if isinstance(model, SegmentationTask) else SegmentationTask.from_recipe(

@@ -174,7 +174,7 @@ class _Recorder(torch.utils.data.Dataset):
 
 
 def test_read_ahead_loads_bursts_on_threads_and_keeps_errors_per_tile() -> None:
-    from loveda_utils.data.datamodule import ReadAhead
+    from loveda_utils.data.read_ahead import ReadAhead
 
     data = _Recorder(10)
     ahead = ReadAhead(data, threads=2, ahead=4)
@@ -193,14 +193,14 @@ def test_read_ahead_loads_bursts_on_threads_and_keeps_errors_per_tile() -> None:
 
 @pytest.mark.parametrize(("threads", "ahead"), [(0, None), (2, 0), (1.5, None), (2, True)])
 def test_read_ahead_refuses_bad_settings(threads, ahead) -> None:
-    from loveda_utils.data.datamodule import ReadAhead
+    from loveda_utils.data.read_ahead import ReadAhead
 
     with pytest.raises(ValueError, match="must be a positive int"):
         ReadAhead(_Recorder(3), threads, ahead)
 
 
 def test_eval_loader_reads_ahead_with_identical_batches(tiny_tree: Path) -> None:
-    from loveda_utils.data.datamodule import ReadAhead
+    from loveda_utils.data.read_ahead import ReadAhead
 
     def batches(read_ahead: int | None) -> tuple[list[dict], object]:
         dm = LoveDADataModule(tiny_tree, eval_split="val", num_workers=0, read_ahead=read_ahead)
