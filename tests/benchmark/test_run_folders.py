@@ -363,3 +363,29 @@ def test_run_suite_no_readme_leaves_the_readme_alone(mini_loveda: Path, tmp_path
     assert readme.read_bytes() == before and (results / "benchmark.md").is_file()
     assert cli(argv) == 0
     assert "LRASPP" in readme.read_text(encoding="utf-8")  # without the flag it is rewritten
+
+
+def test_a_finished_predictions_only_run_is_reported_done(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Test-split run's record has no scores (mIoU null): the suite's line for it says so
+    instead of failing on ``100 * None`` after the notebook succeeded."""
+    from record_factory import make_record
+
+    from loveda_utils.benchmark import suite
+    from loveda_utils.files import write_json_atomic
+    from loveda_utils.results.store import claim_run_dir
+
+    record = make_record()
+    record.update(miou=None, fps=None)  # as the Test split leaves it
+    run_dir = claim_run_dir(tmp_path / "results", "m-loveda-128px-10it-test")
+
+    def notebook_writes_its_record(cmd, *args, **kwargs):
+        write_json_atomic(run_dir / "metrics.json", record)
+        return subprocess.CompletedProcess(cmd, 0)
+
+    monkeypatch.setattr(suite.subprocess, "run", notebook_writes_its_record)
+    job = suite.execute_job(suite.Job("m", {"model": "m"}, "m-loveda", run_dir=run_dir), None)
+    assert (job.status, job.message) == ("done", "no scores (predictions only)")
+    record.update(miou=0.5099, fps=12.34)
+    assert suite.execute_job(job, None).message == "mIoU 50.99, 12.3 fps"
