@@ -1,4 +1,4 @@
-"""Resumable HTTP downloads for :mod:`loveda_utils.models.fetch` (the one place that downloads).
+"""Resumable HTTP transfers for ``fetch-weights`` (:mod:`loveda_utils.models.fetch`).
 
 :func:`download` fetches a URL into a ``.part`` file and resumes what that file already holds with
 an HTTP ``Range`` request; a transfer that stops early raises :class:`Interrupted` (the ``.part``
