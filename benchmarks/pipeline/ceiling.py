@@ -62,6 +62,8 @@ def run_ours(
         model,
         datamodule.val_dataloader(),
         device=settings.device,
+        # The ceiling's precision, asked for: evaluate() itself defaults to fp32 on every device.
+        amp=settings.amp_dtype if settings.amp_dtype is not None else False,
         channels_last=settings.channels_last if channels_last is None else channels_last,
     )
     seconds = time.perf_counter() - start  # evaluate() synchronised the device at its end

@@ -43,8 +43,10 @@ class Settings:
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
-    """The run's settings: evaluate()'s own defaults, so the ceiling runs exactly like the
-    evaluation."""
+    """The run's settings: the package's fast inference settings (autocast on CUDA, channels-last
+    where it pays, as ``loveda_utils.benchmark.measure.fast_settings``), which every path is
+    given explicitly, so the ceiling and our evaluation run alike (``evaluate()``'s own default
+    is fp32)."""
     device = resolve_device(args.device)
     dtype = amp_dtype(device, None)
     return Settings(

@@ -2,8 +2,9 @@
 project the whole schedule (``python -m loveda_utils estimate``).
 
 Each model is timed in a fresh process (a clean peak-memory counter), through the same training
-path as a real run (:func:`loveda_utils.training.trainer.fit`) and in the precision and memory
-format evaluation uses (:mod:`loveda_utils.runtime`).
+path as a real run (:func:`loveda_utils.training.trainer.fit`), and its evaluation forward in
+the precision and memory format the run's evaluation would use (:func:`evaluation_settings`:
+fp32 unless the parameters ask for ``eval_amp``, as the table's evaluation).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from ..models.registry import get_spec
 from ..runtime import amp_dtype, autocast, channels_last_for, resolve_device, synchronize
 from ..training.recipe import Recipe
 from ..training.trainer import build_datamodule, fit
+from .config import BenchmarkConfig
 from .measure import count_params
 from .profiles import Profile, get_profile
 
@@ -38,6 +40,7 @@ class Timing:
     seconds_per_step: float  # median over the steps after the first ones (warm-up)
     seconds_per_tile: float  # one whole-tile forward + argmax at the eval tiles' size
     eval_tiles: int
+    eval_precision: str  # what that forward ran in: "fp32" or the autocast dtype
     params_m: float
     peak_memory_gb: float | None
     memory_source: str | None
@@ -58,6 +61,7 @@ class Estimate:
     s_per_iter: float | None = None
     train_hours: float | None = None
     eval_hours: float | None = None
+    eval_precision: str | None = None
     peak_mem_gb: float | None = None
     mem_source: str | None = None
     error: str | None = None
@@ -79,6 +83,20 @@ class StepTimer(L.Callback):
         self.times.append(time.perf_counter() - self._start)
 
 
+def evaluation_settings(
+    device: torch.device, params: Mapping[str, Any]
+) -> tuple[torch.dtype | None, bool]:
+    """(autocast dtype or ``None``, channels-last) of a run's evaluation with ``params`` on
+    ``device``: what :meth:`~loveda_utils.benchmark.run.BenchmarkRun.evaluate` passes to
+    :func:`~loveda_utils.evaluation.inference.evaluate` (``eval_amp``, default fp32 on every
+    device, and ``channels_last``, default the runtime's choice for that precision)."""
+    dtype = amp_dtype(device, bool(params.get("eval_amp", BenchmarkConfig.eval_amp)))
+    channels_last = params.get("channels_last")
+    if channels_last is None:
+        channels_last = channels_last_for(device, dtype)
+    return dtype, bool(channels_last)
+
+
 def _time_model(model: str, params: Mapping[str, Any], steps: int) -> Timing:
     recipe = Recipe.from_params(params)
     accelerator = params.get("accelerator", "auto")
@@ -90,12 +108,9 @@ def _time_model(model: str, params: Mapping[str, Any], steps: int) -> Timing:
                       channels_last=bool(params.get("channels_last")), accelerator=accelerator,
                       devices=1, progress=False, extra_callbacks=[timer])
     warm = timer.times[2:] if len(timer.times) > 3 else timer.times[1:] or timer.times
-    # One whole-tile forward, run as evaluate() runs it, to project the evaluation.
+    # One whole-tile forward, run as the run's evaluate() would run it, to project the evaluation.
     device = resolve_device(accelerator)
-    dtype = amp_dtype(device)
-    channels_last = params.get("channels_last")
-    if channels_last is None:
-        channels_last = channels_last_for(device, dtype)
+    dtype, channels_last = evaluation_settings(device, params)
     net = trained.task.model.to(device).eval()
     side = datamodule.eval_tile_size()[0]
     image = torch.zeros(1, 3, side, side, dtype=torch.uint8, device=device)
@@ -113,6 +128,7 @@ def _time_model(model: str, params: Mapping[str, Any], steps: int) -> Timing:
         seconds_per_step=sorted(warm)[len(warm) // 2],
         seconds_per_tile=per_tile,
         eval_tiles=len(datamodule.eval_data()),
+        eval_precision=str(dtype).removeprefix("torch.") if dtype is not None else "fp32",
         params_m=count_params(trained.task.model),
         peak_memory_gb=trained.peak_memory_gb,
         memory_source=trained.memory_source,
@@ -172,6 +188,7 @@ def estimate(
                 row, params_m=found.params_m, s_per_iter=found.seconds_per_step,
                 train_hours=found.seconds_per_step * recipe.max_steps / 3600,
                 eval_hours=found.seconds_per_tile * passes * found.eval_tiles / 3600,
+                eval_precision=found.eval_precision,
                 peak_mem_gb=found.peak_memory_gb, mem_source=found.memory_source,
             )
         else:

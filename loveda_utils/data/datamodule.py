@@ -29,7 +29,7 @@ from .dataset import LoveDASegmentation
 from .read_ahead import ReadAhead
 from .root import resolve_data_root
 from .synthetic import is_synthetic
-from .transforms import crop_fits, eval_transforms, train_transforms
+from .transforms import Fidelity, crop_fits, eval_transforms, train_transforms
 from .validation import check_tree
 
 Sample = dict[str, Any]
@@ -142,6 +142,7 @@ class LoveDADataModule(L.LightningDataModule):
         limit_eval_images: int | None = None,
         validate: str | None = "quick",
         read_ahead: int | None = None,
+        fidelity: Fidelity = "mmseg",
     ) -> None:
         """Args:
         root: LoveDA root; ``None`` -> ``$LOVEDA_ROOT`` -> the embedded mini-LoveDA.
@@ -169,6 +170,8 @@ class LoveDADataModule(L.LightningDataModule):
         read_ahead: with ``num_workers=0``, evaluation tiles loaded together by
             ``torch.get_num_threads()`` threads (:class:`ReadAhead`); default 4 per thread,
             1 turns it off.
+        fidelity: the default training pipeline's arithmetic, ``"mmseg"`` or ``"fast"``
+            (:func:`~loveda_utils.data.transforms.train_transforms`).
         """
         super().__init__()
         self.save_hyperparameters(ignore=["train_transform", "eval_transform"])
@@ -191,7 +194,7 @@ class LoveDADataModule(L.LightningDataModule):
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
         self.seed = seed
         self.train_transform = train_transform or (
-            train_transforms(crop_size) if crop_size is not None else None)
+            train_transforms(crop_size, fidelity=fidelity) if crop_size is not None else None)
         self.eval_transform = eval_transform or eval_transforms()
         self.limit_eval_images = limit_eval_images
         self.validate = validate

@@ -14,9 +14,10 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from ..evaluation.inference import MS_FLIP_SCALES
+from ..training.recipe import MMSEG, MMSEG_GPUS
 from .schema import Record, field_named
 
-__all__ = ["protocol_notes"]
+__all__ = ["batch_text", "protocol_notes"]
 
 
 def _by_setting(values: Sequence[str], labels: Sequence[str]) -> str:
@@ -92,6 +93,20 @@ def _memory(record: Mapping[str, Any]) -> str:
         f"steps training {probe['batch']} images of {crop}x{crop} in {probe['precision']} "
         f"({probe['optimizer']}) in a fresh process"
     )
+
+
+def batch_text(record: Mapping[str, Any]) -> str:
+    """The training batch as MMSeg's config names write it: ``<devices>xb<images per device>``
+    (``1xb4``: one device, 4 images a step); ``b<images>`` when the devices are not recorded."""
+    devices = record.get("devices")
+    return f"b{record['batch_size']}" if devices is None else f"{devices}xb{record['batch_size']}"
+
+
+def _training(record: Mapping[str, Any]) -> str:
+    text = f"{batch_text(record)} in {record.get('precision') or 'a precision not recorded'}"
+    if (record.get("config") or {}).get("fidelity") == "fast":
+        text += " with torchvision's faster training transforms (fidelity fast, not MMSeg's)"
+    return text
 
 
 def _flops(record: Mapping[str, Any]) -> str:
@@ -176,6 +191,11 @@ def protocol_notes(records: Sequence[Record], labels: Sequence[str]) -> list[str
             "Inf time, fast: the same timing under this package's inference settings (not "
             f"MMSeg's figure): {setting(_fast)}."
         )
+    notes.append(
+        "Batch: devices x training images per device, as MMSeg's config names write it (its "
+        f"LoveDA rows: {MMSEG_GPUS}xb{MMSEG.batch_size}, {MMSEG_GPUS * MMSEG.batch_size} images "
+        f"per step, in fp32); trained as {setting(_training)}."
+    )
     notes += [
         f"Mem (GB): peak training memory in {field_named('mem_gb').unit}: {setting(_memory)}.",
         f"GMACs ({field_named('gmacs').unit}), counted as MMSeg's get_flops counts its GFLOPs "

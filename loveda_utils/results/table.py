@@ -22,7 +22,7 @@ from urllib.parse import quote
 import pandas as pd
 
 from ..data.classes import CLASS_NAMES
-from .protocol import protocol_notes
+from .protocol import batch_text, protocol_notes
 from .schema import Record, record_created
 from .store import CHECKPOINT_FILE, NOTEBOOK_FILE, PARAMS_FILE
 
@@ -190,6 +190,11 @@ def interval_text(value: float | None, ci: Sequence[float] | None) -> str:
     return f"[{low:.2f}, {high:.2f}]"
 
 
+def _global_batch(record: Mapping[str, Any]) -> int | None:
+    devices = record.get("devices")
+    return None if devices is None else int(devices) * int(record["batch_size"])
+
+
 def _fps_text(record: Mapping[str, Any], key: str = "fps") -> str:
     """``fps ± spread`` of MMSeg's timing (``key="fps"``) or of the fast one (``"fps_fast"``)."""
     fps, spread = record.get(key), record.get(f"{key}_spread")
@@ -232,7 +237,8 @@ def _md_link(
 
 
 #: The table's columns, the one place they are defined: MMSeg's model-zoo columns in their order
-#: (Method ... download), plus the mIoU's 95% bootstrap interval over tiles, Urban/Rural mIoU,
+#: (Method ... download), plus the training Batch (devices x images per device; raw: the global
+#: batch), the mIoU's 95% bootstrap interval over tiles, Urban/Rural mIoU,
 #: Params, GMACs (MMSeg's "GFLOPs" convention: a multiply-add is one), the fps under our faster
 #: settings and the Data evaluated.
 COLUMNS: tuple[Column, ...] = (
@@ -242,6 +248,7 @@ COLUMNS: tuple[Column, ...] = (
         "Crop Size", lambda r, b: r["crop_size"], lambda r, b: f"{r['crop_size']}x{r['crop_size']}"
     ),
     Column("Lr schd", lambda r, b: r["lr_schd"], lambda r, b: str(int(r["lr_schd"]))),
+    Column("Batch", lambda r, b: _global_batch(r), lambda r, b: batch_text(r)),
     Column("Mem (GB)", lambda r, b: r.get("mem_gb"), lambda r, b: _fixed(2)(r.get("mem_gb"))),
     Column("Inf time (fps)", lambda r, b: r.get("fps"), lambda r, b: _fps_text(r)),
     Column("Device", lambda r, b: r["device"], lambda r, b: r["device"]),

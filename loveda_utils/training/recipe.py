@@ -33,6 +33,7 @@ from typing import Any
 
 import yaml
 
+from ..data.transforms import FIDELITIES
 from ..errors import ConfigError
 from ..files import write_text_atomic
 
@@ -61,6 +62,10 @@ class Recipe:
         pretrained: initial weights, as :func:`loveda_utils.models.registry.build_model` takes them.
         aux_weight: weight of the auxiliary head's loss (models without one ignore it).
         gradient_clip_val: clip gradients to this norm; ``None``: no clipping.
+        fidelity: the training transforms' arithmetic (:mod:`loveda_utils.data.transforms`):
+            ``"mmseg"``, mmcv/MMSeg's (checked against their code in ``tests/parity``), or
+            ``"fast"``, torchvision's antialiased resize and float photometric steps (faster,
+            not MMSeg's; a run's ``config.yaml`` and record say which ran).
     """
 
     name: str
@@ -77,6 +82,7 @@ class Recipe:
     pretrained: str
     aux_weight: float
     gradient_clip_val: float | None
+    fidelity: str
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
@@ -95,6 +101,8 @@ class Recipe:
             raise ConfigError(
                 f"gradient_clip_val={self.gradient_clip_val!r}: use None or a positive number"
             )
+        if self.fidelity not in FIDELITIES:
+            raise ConfigError(f"fidelity={self.fidelity!r}: use one of {', '.join(FIDELITIES)}")
         if self.precision is not None and not isinstance(self.precision, str):
             raise ConfigError(
                 f"precision={self.precision!r}: use None or a Lightning precision such as "
@@ -168,6 +176,7 @@ MMSEG = Recipe(
     pretrained="default",
     aux_weight=0.4,
     gradient_clip_val=None,
+    fidelity="mmseg",
 )
 
 QUICK = MMSEG.replace(
@@ -180,6 +189,10 @@ QUICK = MMSEG.replace(
     batch_size=8,
     pretrained="none",  # nothing may download; cached weights can be asked for by overriding it
 )
+
+#: GPUs of MMSeg's LoveDA configs (``4xb4``): with :data:`MMSEG`'s ``batch_size`` on each, a step
+#: of 16 images, which one device matches with ``batch_size=16`` or ``devices=4``.
+MMSEG_GPUS = 4
 
 RECIPES: dict[str, Recipe] = {recipe.name: recipe for recipe in (MMSEG, QUICK)}
 DEFAULT_RECIPE = MMSEG.name

@@ -14,7 +14,7 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import lightning as L
 import torch
@@ -23,6 +23,7 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from ..data.datamodule import LoveDADataModule
+from ..data.transforms import Fidelity
 from ..errors import CheckpointError, ConfigError
 from ..runtime import device_type, training_precision
 from .callbacks import PeakMemoryMonitor, RunCheckpoint
@@ -41,9 +42,10 @@ from .task import SegmentationTask
 
 
 def build_datamodule(recipe: Recipe, data_root: str | Path | None = None, **options: Any) -> LoveDADataModule:
-    """The LoveDA data module with ``recipe``'s crop and batch size (per device); ``options`` pass
-    through (``train_scenes``, ``eval_split``, ``num_workers``, ``seed``, ...)."""
-    return LoveDADataModule(data_root, batch_size=recipe.batch_size, crop_size=recipe.crop_size, **options)
+    """The LoveDA data module with ``recipe``'s crop, batch size (per device) and transforms'
+    fidelity; ``options`` pass through (``train_scenes``, ``eval_split``, ``num_workers``, ...)."""
+    return LoveDADataModule(data_root, batch_size=recipe.batch_size, crop_size=recipe.crop_size,
+                            fidelity=cast(Fidelity, recipe.fidelity), **options)  # Recipe checked it
 
 
 def build_trainer(

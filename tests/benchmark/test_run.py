@@ -207,6 +207,7 @@ def test_estimate_projects_the_schedule(tiny_mini: Path) -> None:
     assert "error" not in table or not isinstance(row.get("error"), str)
     assert row.s_per_iter > 0 and row.train_hours == pytest.approx(row.s_per_iter * 1000 / 3600)
     assert row.params_m > 1 and row.peak_mem_gb > 0 and row.lr_schd == 1000
+    assert row.eval_precision == "fp32"  # the table's evaluation precision (eval_amp off)
 
 
 def test_notebook_parameters_match_the_config() -> None:

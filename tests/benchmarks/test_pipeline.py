@@ -64,8 +64,8 @@ def test_every_section_and_ratio_is_printed_ratios_last(output: str) -> None:
         "torchgeo + channels_last model",
         "ours: SegmentationTask + Trainer",
         "plain PyTorch loop",
-        "measure_fps (ours, median)",
-        "torch.utils.benchmark (median)",
+        "measure_fps (ours, mean)",
+        "torch.utils.benchmark (mean)",
         "evaluate 2 tiles (fresh process)",
         "evaluate 3 tiles (fresh process)",
         "channels_last off (NCHW model)",
@@ -172,3 +172,40 @@ def test_decoder_comparison_script(tmp_path: Path) -> None:
         line = next(ln for ln in out.splitlines() if ln.startswith(name))
         assert line.endswith("same pixels as Pillow"), line
     assert "DIFFERENT" not in out
+
+
+def test_the_fps_check_times_the_tables_figure(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fps section checks ``SpeedResult.fps`` (MMSeg's mean, what the table publishes), not
+    the per-image median kept beside it."""
+    import argparse
+
+    from benchmarks.pipeline import fps as fps_section
+    from benchmarks.pipeline.report import Report
+    from loveda_utils.benchmark.measure import MMSEG_SETTINGS, SpeedResult
+
+    def measured(*args, **kwargs) -> SpeedResult:
+        return SpeedResult(fps=2.0, fps_spread=0.0, fps_median=4.0, n_images=1, warmup=0,
+                           size=16, device="CPU", settings=MMSEG_SETTINGS)  # fmt: skip
+
+    monkeypatch.setattr(fps_section, "measure_fps", measured)
+    report = Report()
+    args = argparse.Namespace(fps_model="lraspp_mobilenet_v3_large", fps_size=32, fps_images=1)
+    fps_section.measure_fps_check(report, args, _settings(threads=1))
+    ours = next(row for row in report.rows if row.path.startswith("measure_fps"))
+    assert ours.path == "measure_fps (ours, mean)"
+    assert ours.seconds == [0.5]  # 1 / fps, not 1 / fps_median
+
+
+def test_our_path_runs_in_the_ceilings_precision(tiny_tree: Path) -> None:
+    """On CUDA the ceiling runs under autocast; our path must too (``evaluate()`` alone is fp32),
+    else the ratio compares fp32 with AMP. Shown on the CPU with bf16 autocast asked for."""
+    from benchmarks.pipeline.ceiling import run_ours
+    from benchmarks.pipeline.tiles import Tiles
+
+    settings = Settings(torch.device("cpu"), 1, 0, 1, False, torch.bfloat16, threads=1, cpus=2)
+    tiles = Tiles(tiny_tree, n=2, size=64, scenes=("Urban", "Rural"), source="test tree")
+    model = torch.nn.Conv2d(3, 7, 1)
+    _, result = run_ours(lambda x: model(x.float()), tiles, settings)
+    assert result.settings["amp"] == "bfloat16" and result.settings["channels_last"] is False
+    fp32 = Settings(torch.device("cpu"), 1, 0, 1, False, None, threads=1, cpus=2)
+    assert run_ours(lambda x: model(x.float()), tiles, fp32)[1].settings["amp"] is None

@@ -40,6 +40,7 @@ def test_table_columns_and_formatting(tmp_path: Path) -> None:
     assert row["Inf time (fps)"] == "6.00 ± 0.12"
     assert row["Crop Size"] == "512x512"
     assert row["Lr schd"] == "80000"
+    assert row["Batch"] == "4xb4"  # 4 devices x 4 images, as MMSeg's config names
     assert row["Params (M)"] == "43.6"
     assert row["GMACs"] == "355.1"  # MMSeg's "GFLOPs": multiply-adds
     assert row["Inf time, fast (fps)"] == "14.87 ± 0.43"
@@ -56,6 +57,7 @@ def test_table_columns_and_formatting(tmp_path: Path) -> None:
     raw = build_table(records, tmp_path, formatted=False)
     assert list(raw.columns[: len(TABLE_COLUMNS)]) == list(TABLE_COLUMNS)
     assert raw.set_index("Method").loc["DeepLabV3+", "mIoU"] == pytest.approx(0.5099)
+    assert raw.set_index("Method").loc["DeepLabV3+", "Batch"] == 16  # the global batch
     assert (
         raw.set_index("Method").loc["DeepLabV3+", "config"]
         == f"runs/{deeplab.name}/03_benchmark.ipynb"
@@ -198,6 +200,26 @@ def test_protocol_footnote_states_the_recorded_settings() -> None:
     assert "one forward pass at 1x3x512x512" in text and "1024" not in text
     assert "mIoU(ms+flip): mean softmax over scales 0.5, 0.75, 1, 1.25, 1.5, 1.75" in text
     assert "not run for" not in text
+
+
+def test_the_batch_column_and_footnote_show_a_one_gpu_row_against_mmsegs_16() -> None:
+    """A row trained on one GPU (the suite's default) sees 4 images a step, not MMSeg's 16: the
+    table says so, and the footnote names the training precision of each row."""
+    one_gpu = make_record(PSPNET, 0.5186, devices=1, precision="bf16-mixed")
+    rows = [make_record(), one_gpu]
+    table = build_table(rows).set_index("Method")
+    assert table.loc["PSPNet", "Batch"] == "1xb4" and table.loc["DeepLabV3+", "Batch"] == "4xb4"
+    text = _protocol(rows)
+    assert ("Batch: devices x training images per device, as MMSeg's config names write it (its "
+            "LoveDA rows: 4xb4, 16 images per step, in fp32); trained as 1xb4 in bf16-mixed "
+            "(PSPNet R-101); 4xb4 in 16-mixed (DeepLabV3+ R-50).") in text
+    assert "fidelity fast" not in text  # MMSeg's transforms, as every row here
+    fast = make_record(config={**make_record()["config"], "fidelity": "fast"})
+    assert "trained as 4xb4 in 16-mixed with torchvision's faster training transforms " \
+        "(fidelity fast, not MMSeg's)." in _protocol([fast])
+    # A checkpoint only evaluated here records no devices: the images per device alone.
+    evaluated = make_record(devices=None)
+    assert build_table([evaluated]).iloc[0]["Batch"] == "b4"
 
 
 def test_protocol_footnote_names_rows_whose_settings_differ() -> None:

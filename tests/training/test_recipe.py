@@ -52,6 +52,7 @@ def test_unknown_recipe_lists_the_valid_ones() -> None:
         ({"gradient_clip_val": 0}, "gradient_clip_val=0: use None or a positive number"),
         ({"precision": 16}, "precision=16: use None or a Lightning precision"),
         ({"momentun": 0.9}, "momentun: not a recipe field"),
+        ({"fidelity": "exact"}, "fidelity='exact': use one of mmseg, fast"),
     ],
 )
 def test_bad_recipe_values_name_the_field(change: dict, message: str) -> None:
@@ -116,6 +117,34 @@ def test_train_flags_default_to_the_recipe() -> None:
     assert recipe == QUICK.replace(lr=0.5, precision="bf16-mixed") and params["devices"] == 2
     with pytest.raises(ConfigError, match="--model: missing"):
         _settings()
+
+
+def test_fidelity_is_a_recipe_field_the_training_pipeline_follows(tmp_path: Path) -> None:
+    """MMSeg's arithmetic by default; torchvision's faster transforms only when a run asks for
+    them (``--fidelity fast``, ``-p fidelity fast``, ``--set fidelity=fast``), and then its
+    config.yaml (and the record's ``config``) say so."""
+    from conftest import write_tree
+
+    from loveda_utils.benchmark.config import BenchmarkConfig
+    from loveda_utils.data.transforms import PhotometricDistortion, RandomRescale
+    from loveda_utils.training.trainer import build_datamodule
+
+    assert MMSEG.fidelity == QUICK.fidelity == "mmseg"
+    root = write_tree(tmp_path / "loveda", splits=("Train",), n=1, size=64)
+
+    def fidelities(recipe: Recipe) -> set[str]:
+        steps = build_datamodule(recipe.replace(crop_size=32), root).train_transform.transforms
+        return {t.fidelity for t in steps if isinstance(t, RandomRescale | PhotometricDistortion)}
+
+    assert fidelities(MMSEG) == {"mmseg"}
+    assert fidelities(MMSEG.replace(fidelity="fast")) == {"fast"}
+    assert _settings("--model", "unet_resnet18", "--fidelity", "fast")[0] == MMSEG.replace(fidelity="fast")
+    config = BenchmarkConfig(model="unet_resnet18", fidelity="fast")
+    assert config.training_recipe.fidelity == "fast" and config.to_dict()["fidelity"] == "fast"
+    assert BenchmarkConfig(model="unet_resnet18").to_dict()["fidelity"] == "mmseg"
+    written = write_run_config(tmp_path, config.training_recipe, {"model": "unet_resnet18"},
+                               rerun="train")  # fmt: skip
+    assert read_run_config(written)[0].fidelity == "fast"
 
 
 def test_train_command_writes_a_config_that_reruns_it(mini_loveda: Path, tmp_path: Path) -> None:
