@@ -357,7 +357,7 @@ def run_suite(
 
     check_overrides(overrides)  # before anything runs (the mini-LoveDA may be generated below)
     prof = get_profile(profile)
-    if results_dir:
+    if results_dir is not None:
         check_output_folder(results_dir, "results_dir")
     root = resolve_data_root(data_root)
     results = check_output_folder(results_dir_for(prof, results_dir, root), "results_dir")
