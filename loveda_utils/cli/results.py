@@ -66,7 +66,6 @@ def _report_args(p: argparse.ArgumentParser) -> None:
 @command("report", "rebuild the results table (benchmark.md/.csv) and, for the repository's own "
          "results/, the README section from the run records", _report_args)
 def report(args: argparse.Namespace) -> int:
-
     from .. import paths
     from ..results.report import write_report
     from ..results.store import check_output_folder, load_records
