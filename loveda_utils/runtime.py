@@ -23,6 +23,8 @@ import sys
 
 import torch
 
+from .errors import ConfigError
+
 GB = 1024**3
 
 #: Environment variable giving a process its share of the machine's cores (the suite sets it for
@@ -185,6 +187,33 @@ LIGHTNING_PRECISION: dict[torch.dtype | None, str] = {
     torch.float16: "16-mixed",
     torch.bfloat16: "bf16-mixed",
 }
+
+
+def lightning_precision(precision: str) -> str:
+    """``precision`` under Lightning's own name for it (its aliases ``"16"``, ``"bf16"``, ``"32"``,
+    ``"64"`` become ``"16-mixed"``, ``"bf16-mixed"``, ``"32-true"``, ``"64-true"``), so that a run
+    states, and :func:`precision_dtype` reads, one name per precision.
+
+    The names are Lightning's (``lightning/fabric/plugins/precision/precision.py``), read when
+    asked so that this module stays free of Lightning until then.
+
+    Raises:
+        ConfigError: naming ``precision`` and Lightning's names, for a name Lightning refuses
+            (its Trainer would raise a ValueError only once the run folder is set up).
+    """
+    from typing import get_args
+
+    from lightning.fabric.plugins.precision.precision import (
+        _PRECISION_INPUT_STR,
+        _PRECISION_INPUT_STR_ALIAS_CONVERSION,
+    )
+
+    names = get_args(_PRECISION_INPUT_STR)
+    canonical = _PRECISION_INPUT_STR_ALIAS_CONVERSION.get(precision, precision)
+    if canonical not in names:
+        raise ConfigError(f"precision={precision!r}: use None (the AMP policy) or one of "
+                          f"Lightning's precisions: {', '.join(names)}")
+    return canonical
 
 
 def training_precision(accelerator: str = "auto", precision: str | None = None) -> str:

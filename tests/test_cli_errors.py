@@ -193,3 +193,18 @@ def test_run_suite_refuses_a_bad_value_before_anything_runs(mini_loveda: Path, t
     assert cli(argv) == 2
     _one_line_error(capsys, expected)
     assert not results.exists()
+
+
+@pytest.mark.parametrize("steps", ["0", "-2"])
+def test_estimate_refuses_steps_below_one(mini_loveda: Path, capsys, steps: str) -> None:
+    """They were timed all the same, in a child process, and came back as a table row's error
+    (``-2``: Lightning's max_steps message), exit code 1."""
+    assert cli(["estimate", "--models", MODEL, "--data-root", str(mini_loveda), "--steps", steps]) == 2
+    _one_line_error(capsys, f"steps={steps}: must be a positive integer")
+
+
+def test_run_suite_refuses_an_empty_results_dir(mini_loveda: Path, capsys) -> None:
+    """It was read as "not given": the profile's folder (the pre-flight passed on it)."""
+    argv = ["run-suite", "--models", MODEL, "--data-root", str(mini_loveda), "--results-dir", ""]
+    assert cli([*argv, "--check"]) == 2
+    _one_line_error(capsys, "results_dir is empty: pass a folder path")

@@ -26,7 +26,7 @@ from ..data.synthetic import is_synthetic
 from ..evaluation.inference import MS_FLIP_SCALES
 from ..models.registry import get_spec
 from ..runtime import amp_dtype, autocast, channels_last_for, resolve_device, synchronize
-from ..training.recipe import Recipe
+from ..training.recipe import Recipe, check_positive_int
 from ..training.trainer import build_datamodule, fit
 from .config import BenchmarkConfig
 from .measure import count_params
@@ -160,6 +160,7 @@ def estimate(
     """
     import pandas as pd
 
+    check_positive_int("steps", steps)  # timed in a child process: refused here, named
     prof = get_profile(profile)
     root = resolve_data_root(data_root)
     names = list(models) if models else list(prof.models)

@@ -30,6 +30,7 @@ from .. import paths
 from ..data.synthetic import is_synthetic
 from ..errors import ConfigError
 from ..models.registry import models_tagged
+from ..results.store import check_output_folder
 from ..training.recipe import DEFAULT_RECIPE, RECIPE_PARAMETER, get_recipe
 
 __all__ = ["PROFILES", "Profile", "get_profile", "results_dir_for"]
@@ -161,7 +162,8 @@ def results_dir_for(profile: str | Profile, results_dir: str | Path | None, root
             synthetic numbers never sit beside LoveDA results.
     """
     prof = get_profile(profile)
-    folder = Path(results_dir) if results_dir else prof.results_dir
+    # Only None means the profile's: an empty path is refused, never read as the default.
+    folder = prof.results_dir if results_dir is None else check_output_folder(results_dir, "results_dir")
     published = {p.resolve() for p in paths.PUBLISHED_RESULTS_DIRS}
     if is_synthetic(root) and folder.resolve() in published:
         raise ConfigError(

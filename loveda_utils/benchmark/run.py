@@ -55,10 +55,6 @@ from .measure import (
 )
 from .memory import TrainingMemory, measure_training_memory
 
-#: Appended to the run group of a Test-split run: its predictions are for the evaluation
-#: server, it has no scores, and it must not replace the scored row of its model in the table.
-PREDICTIONS_ONLY_GROUP = "-test"
-
 #: Packages whose versions go into every record.
 VERSIONED = ("torch", "torchvision", "torchgeo", "segmentation-models-pytorch", "timm", "lightning",
              "torchmetrics", "numpy", "pillow")
@@ -153,9 +149,8 @@ class BenchmarkRun:
         )
         self.datamodule.setup(None if not c.checkpoint else "validate")
         self.run_group = run_group_for(c.model, self.datamodule.synthetic, self.trained_as.crop_size,
-                                       self.trained_as.lr_schd, c.train_scenes)
-        if self.datamodule.eval_split == "Test":
-            self.run_group += PREDICTIONS_ONLY_GROUP
+                                       self.trained_as.lr_schd, c.train_scenes,
+                                       eval_split=self.datamodule.eval_split)
         self.run_dir = self._run_dir(self.run_group)
         write_json_atomic(self.run_dir / PARAMS_FILE, c.to_dict())
         c.write(self.run_dir, self.root)

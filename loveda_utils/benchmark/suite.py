@@ -182,7 +182,7 @@ def plan(
         config = BenchmarkConfig.from_params(params)  # a bad value fails now, not in the notebook
         recipe = config.training_recipe
         group = run_group_for(name, synthetic, recipe.crop_size, recipe.max_steps,
-                              config.train_scenes)
+                              config.train_scenes, eval_split=config.eval_split)
         jobs.append(Job(name, params, group, variant=dict(variant)))
     try:
         for job in jobs:
@@ -262,7 +262,8 @@ def _summary(record: dict[str, Any]) -> str:
 
 
 def _last_error(notebook: Path, log_file: Path) -> str:
-    """The exception line of a failed notebook (papermill stores it in the failing cell)."""
+    """The exception of a failed notebook, whole (papermill stores it in the failing cell): the
+    reason is often in its last words (the file at fault, the fix)."""
     try:
         import nbformat
 
@@ -270,12 +271,12 @@ def _last_error(notebook: Path, log_file: Path) -> str:
         for cell in nb.cells:
             for output in cell.get("outputs", []):
                 if output.get("output_type") == "error":
-                    return f"{output.get('ename')}: {output.get('evalue')}"[:300]
+                    return f"{output.get('ename')}: {output.get('evalue')}"
     except Exception:  # an unreadable notebook: fall back to the log
         pass
     try:
         lines = [line for line in log_file.read_text().splitlines() if line.strip()]
-        return lines[-1][:300] if lines else "failed"
+        return lines[-1] if lines else "failed"
     except OSError:
         return "failed"
 
@@ -356,7 +357,7 @@ def run_suite(
 
     check_overrides(overrides)  # before anything runs (the mini-LoveDA may be generated below)
     prof = get_profile(profile)
-    if results_dir:
+    if results_dir is not None:
         check_output_folder(results_dir, "results_dir")
     root = resolve_data_root(data_root)
     results = check_output_folder(results_dir_for(prof, results_dir, root), "results_dir")

@@ -66,13 +66,13 @@ def _report_args(p: argparse.ArgumentParser) -> None:
 @command("report", "rebuild the results table (benchmark.md/.csv) and, for the repository's own "
          "results/, the README section from the run records", _report_args)
 def report(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from .. import paths
     from ..results.report import write_report
     from ..results.store import check_output_folder, load_records
 
-    results_dir = Path(args.results_dir) if args.results_dir else paths.RESULTS_DIR
+    # An empty --results-dir is refused, not read as "the repository's results/" (its README).
+    results_dir = (paths.RESULTS_DIR if args.results_dir is None
+                   else check_output_folder(args.results_dir, "--results-dir"))
     check_output_folder(results_dir, "--results-dir")  # a file, or not writable: the table can't go there
     if not results_dir.is_dir():
         raise ConfigError(f"--results-dir {results_dir} does not exist; run the benchmark first "

@@ -99,17 +99,23 @@ def train(args: argparse.Namespace) -> int:
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
     from ..data.root import resolve_data_root
+    from ..models.registry import get_spec
     from ..results.store import check_output_folder, claim_folder
     from ..training.checkpoint import last_checkpoint_path
     from ..training.recipe import CONFIG_FILE, write_run_config
-    from ..training.trainer import build_datamodule, fit
+    from ..training.trainer import build_datamodule, check_trainer_settings, fit
 
     recipe, params = train_settings(args)
     rank_zero = getattr(rank_zero_only, "rank", 0) == 0  # DDP starts this command once per process
+    # Everything that can be refused is, before the folder is created or claimed.
+    check_output_folder(args.run_dir, "--run-dir")
+    get_spec(params["model"])
+    root = resolve_data_root(params["data_root"])
+    check_trainer_settings(recipe, accelerator=params["accelerator"], devices=params["devices"],
+                           strategy=params["strategy"], num_nodes=params["num_nodes"])
     # The folder is the user's (any path, links followed); it must be, or become, a writable
     # folder, and one train at a time: rank 0 holds its claim until the process ends.
     run_dir = claim_folder(args.run_dir) if rank_zero else check_output_folder(args.run_dir, "--run-dir")
-    root = resolve_data_root(params["data_root"])
     L.seed_everything(params["seed"], workers=True, verbose=False)
     datamodule = build_datamodule(recipe, root, num_workers=params["num_workers"], seed=params["seed"])
     if rank_zero:

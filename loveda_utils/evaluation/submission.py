@@ -20,7 +20,7 @@ from PIL import Image
 
 from ..data.classes import NUM_CLASSES, SCENES, normalize_split
 from ..data.layout import loader_images
-from ..errors import DatasetNotFoundError, InvalidDataError
+from ..errors import ConfigError, DatasetNotFoundError, InvalidDataError
 from ..files import atomic_output
 
 __all__ = ["export_submission"]
@@ -100,6 +100,18 @@ def _encode_png(labels: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+def _zip_path(out: str | os.PathLike[str]) -> Path:
+    """``out`` when it can name the zip: not empty, not an existing folder (checked before the
+    predictions are read; the zip is written last)."""
+    if not os.fspath(out).strip():
+        raise ConfigError("out is empty: pass the zip's path, e.g. submission.zip")
+    path = Path(out)
+    if path.is_dir():
+        raise ConfigError(f"out={os.fspath(out)!r} is a folder; pass the zip's file path, e.g. "
+                          f"{path / 'submission.zip'}")
+    return path
+
+
 def export_submission(
     run_dir: str | os.PathLike[str],
     data_root: str | os.PathLike[str],
@@ -131,11 +143,16 @@ def export_submission(
         InvalidDataError: an image has no prediction, a prediction has no image or another size
             than its image, is unreadable, not single-channel, holds a value outside 1..7, or
             two scenes hold the same file name; the message names the files.
+        ConfigError: ``out`` is empty, a folder, or lies under a file.
     """
     run_dir = Path(run_dir)
     split = normalize_split(split)
+    out = _zip_path(out) if out is not None else run_dir / "submission.zip"
     predictions = run_dir / "predictions" / split
     how = _HOW_TO_PREDICT.format(split=split, predictions=run_dir / "predictions")
+    if run_dir.is_file():
+        raise DatasetNotFoundError(f"run_dir {run_dir} is a file; pass the run folder holding "
+                                   "predictions/")
     if not run_dir.is_dir():
         raise DatasetNotFoundError(f"run_dir {run_dir} does not exist; {how}")
     files = [p for scene in SCENES for p in sorted((predictions / scene).glob("*.png"))]
@@ -156,8 +173,11 @@ def export_submission(
     images = _images(Path(data_root), split)
     _check_coverage(files, images, predictions, how)
 
-    out = Path(out) if out is not None else run_dir / "submission.zip"
-    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise ConfigError(f"out={os.fspath(out)!r}: a folder on its path is a file; pass a zip "
+                          "path inside a folder") from None
     wrong_size: list[str] = []
     with atomic_output(out) as handle, zipfile.ZipFile(handle, "w", zipfile.ZIP_DEFLATED) as zf:
         for path in files:

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from ..data.classes import SCENES, normalize_scenes
+from ..data.classes import SCENES, normalize_scenes, normalize_split
 from ..errors import ConfigError
 from .schema import Record, record_created, validate_record
 
@@ -47,6 +47,7 @@ __all__ = [
     "METRICS_FILE",
     "NOTEBOOK_FILE",
     "PARAMS_FILE",
+    "PREDICTIONS_ONLY_GROUP",
     "VISUALS_DIR",
     "RunClaim",
     "check_output_folder",
@@ -80,28 +81,41 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+=-]*")
 MAX_NAME_LENGTH = 200
 
 
+#: Appended to the run group of a Test-split run: its predictions are for the evaluation
+#: server, it has no scores, and it must not replace (nor be taken for) the scored run of its
+#: model in the table and in the suite's plan.
+PREDICTIONS_ONLY_GROUP = "-test"
+
+
 def run_group_for(
     model: str,
     synthetic: bool,
     crop_size: int,
     lr_schd: int,
     train_scenes: str | list[str] | tuple[str, ...] = "both",
+    eval_split: str = "Val",
 ) -> str:
-    """``<model>-<mini|loveda>[-<scene>]-<crop_size>px-<lr_schd>it``: runs of one group are repeats.
+    """``<model>-<mini|loveda>[-<scene>]-<crop_size>px-<lr_schd>it[-test]``: runs of one group
+    are repeats.
 
     A model trained on one domain only (``train_scenes``) has that scene in its group, so that a
     source-only run is never taken for (or reused as) a run trained on both; trained on both,
     the group keeps the name it has always had, which the records written before single-domain
-    runs existed carry.
+    runs existed carry. A run evaluating the Test split (``eval_split``, predictions without
+    scores) ends in :data:`PREDICTIONS_ONLY_GROUP`.
 
     >>> run_group_for("deeplabv3plus_resnet50", False, 512, 80000)
     'deeplabv3plus_resnet50-loveda-512px-80000it'
     >>> run_group_for("deeplabv3plus_resnet50", False, 512, 80000, train_scenes="urban")
     'deeplabv3plus_resnet50-loveda-urban-512px-80000it'
+    >>> run_group_for("deeplabv3plus_resnet50", False, 512, 80000, eval_split="test")
+    'deeplabv3plus_resnet50-loveda-512px-80000it-test'
     """
     scenes = normalize_scenes(train_scenes)
     domain = "" if set(scenes) == set(SCENES) else "".join(f"-{s.lower()}" for s in scenes)
-    return f"{model}-{'mini' if synthetic else 'loveda'}{domain}-{int(crop_size)}px-{int(lr_schd)}it"
+    test = PREDICTIONS_ONLY_GROUP if normalize_split(eval_split) == "Test" else ""
+    return (f"{model}-{'mini' if synthetic else 'loveda'}{domain}-{int(crop_size)}px-"
+            f"{int(lr_schd)}it{test}")
 
 
 def _numbered(base: str, attempt: int) -> str:

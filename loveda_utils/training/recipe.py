@@ -36,6 +36,7 @@ import yaml
 from ..data.transforms import FIDELITIES
 from ..errors import ConfigError
 from ..files import write_text_atomic
+from ..runtime import lightning_precision
 
 OPTIMIZERS = ("sgd", "adamw")
 #: The run folder's file holding the resolved recipe and parameters.
@@ -108,6 +109,8 @@ class Recipe:
                 f"precision={self.precision!r}: use None or a Lightning precision such as "
                 "'32-true', '16-mixed' or 'bf16-mixed'"
             )
+        if self.precision is not None:  # checked before a run folder exists; one name each
+            object.__setattr__(self, "precision", lightning_precision(self.precision))
 
     def refuses_cpu(self, steps: int | None = None) -> bool:
         """Whether training ``steps`` (default: the schedule) of this recipe on a CPU needs an

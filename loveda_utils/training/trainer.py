@@ -9,8 +9,11 @@ development benchmark's training section all build their pieces here: the data m
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import logging
 import signal
 import threading
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +23,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
-from lightning.pytorch.utilities.exceptions import SIGTERMException
+from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 
 from ..data.datamodule import LoveDADataModule
 from ..data.transforms import Fidelity
@@ -97,31 +100,93 @@ def build_trainer(
     version = f"version_{len(list((run_dir / 'logs').glob('version_*')))}"
     loggers = [CSVLogger(run_dir, name="logs", version=version),
                TensorBoardLogger(run_dir, name="logs", version=version)]
-    return L.Trainer(
-        default_root_dir=run_dir,
-        max_steps=steps,
-        max_epochs=-1,
-        accelerator=accelerator,
-        devices=devices,
-        strategy=strategy,
-        num_nodes=num_nodes,
-        # Applied by the parallel strategies only: one device keeps plain BatchNorm.
-        sync_batchnorm=True,
-        plugins=[BatchNormSync(device_type(accelerator))],
-        benchmark=device_type(accelerator) == "cuda" and not deterministic,
-        precision=training_precision(accelerator, recipe.precision),  # type: ignore[arg-type]
-        gradient_clip_val=recipe.gradient_clip_val,
-        callbacks=callbacks,
-        logger=loggers,
-        log_every_n_steps=max(1, min(log_every_n_steps, steps)),
-        val_check_interval=val_check_interval,
-        check_val_every_n_epoch=None if val_check_interval else 1,
-        limit_val_batches=None if val_check_interval else 0,
-        num_sanity_val_steps=0,
-        enable_progress_bar=progress,
-        enable_model_summary=False,
-        deterministic=deterministic,
-    )
+    settings = _TrainerSettings(accelerator, devices, strategy, num_nodes, recipe.precision)
+    with settings.refusals_named():
+        return L.Trainer(
+            default_root_dir=run_dir,
+            max_steps=steps,
+            max_epochs=-1,
+            **settings.trainer_kwargs(),
+            benchmark=device_type(accelerator) == "cuda" and not deterministic,
+            gradient_clip_val=recipe.gradient_clip_val,
+            callbacks=callbacks,
+            logger=loggers,
+            log_every_n_steps=max(1, min(log_every_n_steps, steps)),
+            val_check_interval=val_check_interval,
+            check_val_every_n_epoch=None if val_check_interval else 1,
+            limit_val_batches=None if val_check_interval else 0,
+            num_sanity_val_steps=0,
+            enable_progress_bar=progress,
+            enable_model_summary=False,
+            deterministic=deterministic,
+        )
+
+
+#: What Lightning raises for settings it refuses (an unknown accelerator or strategy, devices the
+#: accelerator cannot give, a precision it has no plugin for, a strategy whose package is absent).
+_LIGHTNING_REFUSALS = (MisconfigurationException, ValueError, TypeError, ImportError)
+
+
+@dataclass(frozen=True)
+class _TrainerSettings:
+    """The Trainer settings a user chooses (flags of ``train``, notebook parameters)."""
+
+    accelerator: str
+    devices: int | str | list[int]
+    strategy: str
+    num_nodes: int
+    precision: str | None
+
+    def trainer_kwargs(self) -> dict[str, Any]:
+        return {
+            "accelerator": self.accelerator,
+            "devices": self.devices,
+            "strategy": self.strategy,
+            "num_nodes": self.num_nodes,
+            "precision": training_precision(self.accelerator, self.precision),
+            # Applied by the parallel strategies only: one device keeps plain BatchNorm.
+            "sync_batchnorm": True,
+            "plugins": [BatchNormSync(device_type(self.accelerator))],
+        }
+
+    @contextlib.contextmanager
+    def refusals_named(self) -> Iterator[None]:
+        """Lightning's refusal of these settings as one :class:`ConfigError` line naming them."""
+        try:
+            yield
+        except _LIGHTNING_REFUSALS as exc:
+            shown = ", ".join(f"{k}={v!r}" for k, v in dataclasses.asdict(self).items())
+            reason = " ".join(str(exc).split()).rstrip(".")  # Lightning's messages span lines
+            raise ConfigError(f"Trainer settings {shown}: Lightning refuses them: {reason}; "
+                              "change the one it names") from None
+
+
+def check_trainer_settings(
+    recipe: Recipe,
+    accelerator: str = "auto",
+    devices: int | str | list[int] = "auto",
+    strategy: str = "auto",
+    num_nodes: int = 1,
+) -> None:
+    """Refuse, before a run folder is claimed or written, Trainer settings Lightning would refuse
+    in :func:`build_trainer`: Lightning checks them itself, on a Trainer with no logger,
+    checkpointing or callbacks (so nothing is written), which is then dropped.
+
+    Raises:
+        ConfigError: naming the settings and Lightning's reason.
+    """
+    settings = _TrainerSettings(accelerator, devices, strategy, num_nodes, recipe.precision)
+    # Its device lines and warnings are the real Trainer's to print, once.
+    quiet = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    level = quiet.level
+    quiet.setLevel(logging.WARNING)
+    try:
+        with settings.refusals_named(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                      enable_model_summary=False, **settings.trainer_kwargs())
+    finally:
+        quiet.setLevel(level)
 
 
 @dataclass(frozen=True)

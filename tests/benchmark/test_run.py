@@ -162,6 +162,9 @@ def test_suite_survives_a_failing_model_and_renders(tiny_mini: Path, tmp_path: P
     (failed,) = outcome.failed
     assert failed.model == "unet_resnet18_ssl4eo_moco" and "WeightsError" in failed.message
     assert str(failed.notebook) in failed.message and failed.notebook.is_file()
+    # The whole reason, its fix at the end included (it was cut at 300 characters).
+    assert "fetch it with `python -m loveda_utils fetch-weights" in failed.message
+    assert "Or pass pretrained='none' or a path to a local state-dict file." in failed.message
     text = "\n".join(lines)
     assert "[1/2]" in text and "[2/2]" in text and "1 done, 0 skipped, 1 failed" in text
     assert (results / "benchmark.md").is_file() and (results / "04_results_comparison.html").is_file()

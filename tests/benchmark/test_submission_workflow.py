@@ -14,12 +14,14 @@ import numpy as np
 import papermill as pm
 import pytest
 from PIL import Image
-from record_factory import make_record
+from record_factory import make_record, write_run
 
+from loveda_utils.benchmark.suite import Profile, run_suite
 from loveda_utils.cli import main as cli
 from loveda_utils.data.classes import CLASS_NAMES
 from loveda_utils.paths import NOTEBOOKS_DIR
 from loveda_utils.results.schema import validate_record
+from loveda_utils.results.store import PREDICTIONS_ONLY_GROUP, run_group_for
 from loveda_utils.results.table import latest_records
 
 pytestmark = pytest.mark.slow
@@ -107,3 +109,30 @@ def test_export_submission_refuses_a_wrong_size_and_a_missing_tile(test_run, tmp
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "have no prediction" in err and second.name in err
     assert not (copy / "submission.zip").exists()
+
+
+def test_run_suite_on_the_test_split_runs_beside_the_scored_run(test_run, tmp_path: Path) -> None:
+    """``run-suite --set eval_split=test``: the suite took the model's scored Val run for this
+    run ("already done"), planning it in the scored run's group."""
+    tree, _ = test_run
+    results = tmp_path / "results"
+    group = run_group_for(MODEL, True, TINY["crop_size"], TINY["max_steps"])
+    scored = write_run(results, make_record(("lraspp_mobilenet_v3_large", "LRASPP", "MobileNetV3-L"),
+                                            synthetic=True, root=tree, crop_size=TINY["crop_size"],
+                                            lr_schd=TINY["max_steps"]))
+    assert scored.name == group
+    before = (scored / "metrics.json").read_bytes()
+    profile = Profile(name="test", description="one tiny model", models={MODEL: {}},
+                      params={**TINY, "ms_flip": False, "mem_steps": 0})
+    lines: list[str] = []
+    outcome = run_suite(profile, data_root=tree, results_dir=results, readme=None, render=False,
+                        check=False, overrides={"eval_split": "test", "save_predictions": True},
+                        log=lines.append)
+    (job,) = outcome.jobs
+    assert outcome.exit_code == 0 and job.status == "done", lines
+    assert job.run_dir.name == group + PREDICTIONS_ONLY_GROUP
+    assert job.message.startswith("no scores (predictions only)")
+    record = json.loads((job.run_dir / "metrics.json").read_text())
+    assert record["run_group"] == job.run_dir.name and record["miou"] is None
+    assert record["saved_predictions"] == len(_test_images(tree))
+    assert (scored / "metrics.json").read_bytes() == before

@@ -244,3 +244,32 @@ def test_the_command_refuses_with_one_line_and_exit_2(tmp_path: Path, capsys) ->
     assert cli(["export-submission", str(tmp_path), "--data-root", str(tmp_path / "data")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Urban/4191.png" in err and not (tmp_path / "submission.zip").exists()
+
+
+@pytest.mark.parametrize(
+    ("out", "message"),
+    [
+        ("{tmp}", "out='{tmp}' is a folder; pass the zip's file path, e.g. {tmp}/submission.zip"),
+        ("{tmp}/afile/x.zip", "out='{tmp}/afile/x.zip': a folder on its path is a file"),
+        ("", "out is empty: pass the zip's path"),
+    ],
+)
+def test_an_out_that_cannot_be_the_zip_is_one_line(tmp_path: Path, capsys, out: str, message: str) -> None:
+    """A folder, or a path under a file, was a raw IsADirectoryError/FileExistsError."""
+    write_predictions(tmp_path)
+    (tmp_path / "afile").write_text("kept", encoding="utf-8")
+    argv = ["export-submission", str(tmp_path), "--data-root", str(tmp_path / "data"),
+            "--out", out.format(tmp=tmp_path)]
+    assert cli(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message.format(tmp=tmp_path) in err, err
+    assert (tmp_path / "afile").read_text(encoding="utf-8") == "kept"
+    assert not list(tmp_path.glob("*.zip")) and not list(tmp_path.glob(".*.tmp"))
+
+
+def test_a_run_dir_that_is_a_file_is_named_as_one(tmp_path: Path, capsys) -> None:
+    afile = tmp_path / "run"
+    afile.write_text("not a run", encoding="utf-8")
+    assert cli(["export-submission", str(afile), "--data-root", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"run_dir {afile} is a file; pass the run folder" in err

@@ -274,3 +274,14 @@ def test_render_comparison(tmp_path: Path) -> None:
     targets = set(re.findall(r'href="#([^"]+)"', html))
     anchors = set(re.findall(r'id="([^"]+)"', html))
     assert len(targets) >= 8 and targets <= anchors, targets - anchors
+
+
+def test_an_empty_results_dir_is_refused_not_read_as_the_projects(project: Path, capsys) -> None:
+    """``report --results-dir ""`` rewrote the repository's own table and README section."""
+    write_run(project / "results", make_record())
+    readme = (project / "README.md").read_bytes()
+    assert main(["report", "--results-dir", ""]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--results-dir is empty: pass a folder path" in err
+    assert (project / "README.md").read_bytes() == readme
+    assert not (project / "results" / "benchmark.md").exists()
