@@ -119,7 +119,7 @@ def test_a_job_on_a_node_without_the_gpu_it_needs_fails_before_the_notebook(
     import loveda_utils.benchmark.launch as launch
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.setattr(launch, "_execute", lambda job, gpu: pytest.fail("the notebook ran"))
+    monkeypatch.setattr(launch, "execute_job", lambda job, gpu: pytest.fail("the notebook ran"))
     gpu_profile = Profile(name="g", description="", models={PREEMPTED: {}}, params=TINY,
                           recipe="mmseg")
     (job,) = plan(gpu_profile, None, tiny_mini, tmp_path / "results")
