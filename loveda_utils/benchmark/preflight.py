@@ -395,22 +395,23 @@ def preflight(
     root: Path,
     results_dir: Path,
     *,
-    force: bool = False,
-    overrides: Mapping[str, Any] | None = None,
     devices: Sequence[Device] | None = None,
     devices_on_nodes: bool = False,
     allow_cpu: bool = False,
     allow_memory: bool = False,
+    **plan_options: Any,
 ) -> PreflightReport:
     """Every check for the runs the suite would start (see the module docstring).
 
+    ``plan_options``: :func:`~loveda_utils.benchmark.suite.plan`'s (``force``, ``overrides``):
+    the runs checked are those it would start.
     ``devices``: where the models will run (default: every visible CUDA device).
     ``devices_on_nodes``: the models run elsewhere (cluster jobs), which check their own device
     when they start (:func:`check_devices` in :mod:`loveda_utils.benchmark.launch`).
     """
     start = time.perf_counter()
     prof = get_profile(profile)
-    runs = runs_to_start(plan(prof, models, root, results_dir, force, overrides, claim=False))
+    runs = runs_to_start(plan(prof, models, root, results_dir, claim=False, **plan_options))
     kind = "mini-LoveDA (synthetic)" if is_synthetic(root) else "LoveDA"
     report = PreflightReport(f"pre-flight of suite '{prof.name}': {len(runs)} model(s) to run on "
                              f"{kind} at {root}, results in {results_dir}")

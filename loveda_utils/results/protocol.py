@@ -88,11 +88,9 @@ def _memory(record: Mapping[str, Any]) -> str:
         return (f"{source} of the run's own training, batch {record['batch_size']} per "
                 f"device{spread}, {precision}")
     crop = probe["crop"]
-    return (
-        f"as MMSeg's, whatever schedule the row trained with: {source} over {probe['steps']} "
-        f"steps training {probe['batch']} images of {crop}x{crop} in {probe['precision']} "
-        f"({probe['optimizer']}) in a fresh process"
-    )
+    setting = f"{probe['batch']} images of {crop}x{crop} in {probe['precision']} ({probe['optimizer']})"
+    return (f"as MMSeg's, whatever schedule the row trained with: {source} over {probe['steps']} "
+            f"steps training {setting} in a fresh process")
 
 
 def batch_text(record: Mapping[str, Any]) -> str:
