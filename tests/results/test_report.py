@@ -114,6 +114,7 @@ def test_report_parts_without_real_or_synthetic_rows(tmp_path: Path) -> None:
     assert f"| FCN {SYNTHETIC_MARK} |" in pipeline
     ours, published, pipeline = _parts(report_markdown([make_record()], level=3), "###")
     assert "| DeepLabV3+ | R-50 |" in ours and "No synthetic runs here" in pipeline
+    assert "`./workbook demo`" in pipeline and "`results/demo/benchmark.md`" in pipeline
     # Published rows appear in their own part only, under their split, marked as reported.
     row = published_row(method="PSPNet", backbone="R-101-D8", miou=0.5186)
     ours, published, _ = _parts(report_markdown([make_record()], published=[row]), "##")
