@@ -287,6 +287,26 @@ def test_estimate_projects_the_schedule(tiny_mini: Path) -> None:
     assert row.s_per_iter > 0 and row.train_hours == pytest.approx(row.s_per_iter * 1000 / 3600)
     assert row.params_m > 1 and row.peak_mem_gb > 0 and row.lr_schd == 1000
     assert row.eval_precision == "fp32"  # the table's evaluation precision (eval_amp off)
+    from loveda_utils.benchmark.measure import count_complexity
+    from loveda_utils.models import build_model
+
+    counted = count_complexity(build_model(MODEL), TINY["flops_size"])  # as the record counts
+    assert (row.gmacs, row.gflops, row.flops_size) == (counted.gmacs, counted.gflops, 64)
+
+
+def test_estimate_covers_the_eo_transformers_without_their_weights(tiny_mini: Path) -> None:
+    """The mmseg profile's EO entries default to torchgeo weights, absent here: estimate times
+    them from random weights (the cost is the same) and reports parameters, FLOPs and memory."""
+    models = ["upernet_swin_v2_t_satlas_s2", "upernet_vit_b16_dofa"]
+    overrides = {"crop_size": 32, "batch_size": 2, "flops_size": 64, "num_workers": 0,
+                 "ms_flip": False}
+    table = estimate("mmseg", models=models, data_root=tiny_mini, steps=2, overrides=overrides,
+                     log=lambda _: None)
+    assert "error" not in table, table.get("error")
+    assert list(table["model"]) == models
+    assert (table["params_m"] > 25).all() and (table["peak_mem_gb"] > 0).all()
+    assert (table["gmacs"] > 0).all() and (table["gflops"] > table["gmacs"]).all()
+    assert (table["flops_size"] == 64).all() and (table["lr_schd"] == 80_000).all()
 
 
 def test_notebook_parameters_match_the_config() -> None:
