@@ -48,6 +48,11 @@ were read for each entry; the choice is keyed by the weights' ``meta["dataset"]`
 * Every ``torchgeo``-family network pads its input to a multiple of 32 (its pyramid's 1/32
   level) and crops the logits back; details in :mod:`loveda_utils.models.foundation`
   ("Input sizes").
+* OAM-TCD (``Unet_Weights.OAM_RGB_RESNET50_TCD``, a whole smp UNet R-50 for tree cover):
+  ``mean = 0``, ``std = 1``, the 8-bit values as they are. torchgeo's transform only resizes
+  ("no normalization"), and the OAM-TCD pipeline's dataset hands the UNet its 8-bit RGB as
+  float 0..255 (``image.float()`` after albumentations' ``ToTensorV2``, nothing else). Input
+  size: trained on 1024 px tiles at 10 cm; the UNet takes any multiple of 32 (others padded).
 * A backbone file given by path for a ``torchgeo`` entry is in the layout of the entry's
   own weights, so it gets their normalisation (and says so).
 * A full ``SegmentationModel`` state dict given by path brings its own ``mean`` and ``std``
@@ -107,6 +112,11 @@ EO_NORMALIZATION: dict[str, Normalization] = {
         IMAGENET_NORMALIZATION.mean,
         IMAGENET_NORMALIZATION.std,
         "ImageNet mean/std on 0..255 (Scale-MAE: /255, ImageNet)",
+    ),
+    "OAM-TCD": Normalization(
+        (0.0, 0.0, 0.0),
+        (1.0, 1.0, 1.0),
+        "0..255 as they are: the OAM-TCD UNet was trained on unnormalised 8-bit RGB",
     ),
     "SatlasPretrain, Five-Billion-Pixels, HySpecNet-11k": Normalization(
         IMAGENET_NORMALIZATION.mean,
