@@ -12,6 +12,7 @@ The hyperparameters are plain values (no recipe object), so that a checkpoint lo
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import lightning as L
@@ -150,11 +151,11 @@ class SegmentationTask(L.LightningModule):
         else:
             optimizer = torch.optim.AdamW(params, lr=hp.lr, weight_decay=hp.weight_decay)
         # MMSeg's PolyLR per parameter group: each decays from its own lr to min_lr.
-        factors = [
-            lambda step, base=group["lr"]: poly_factor(
+        def poly(base: float) -> Callable[[int], float]:
+            return lambda step: poly_factor(
                 step, hp.max_steps, hp.poly_power, base, min(hp.min_lr, base)
             )
-            for group in optimizer.param_groups
-        ]
+
+        factors = [poly(group["lr"]) for group in optimizer.param_groups]
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factors)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
