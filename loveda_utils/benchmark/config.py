@@ -108,6 +108,7 @@ class BenchmarkConfig:
     aux_weight: float | None = None
     gradient_clip_val: float | None = None
     fidelity: str | None = None  # training transforms: "mmseg" (the recipes') or "fast" (recorded)
+    layer_decay: float | None = None
     strategy: str = "auto"
     num_nodes: int = 1
     allow_cpu: bool = False  # train a GPU recipe's full schedule on the CPU all the same

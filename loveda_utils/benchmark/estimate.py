@@ -4,7 +4,11 @@ project the whole schedule (``python -m loveda_utils estimate``).
 Each model is timed in a fresh process (a clean peak-memory counter), through the same training
 path as a real run (:func:`loveda_utils.training.trainer.fit`), and its evaluation forward in
 the precision and memory format the run's evaluation would use (:func:`evaluation_settings`:
-fp32 unless the parameters ask for ``eval_amp``, as the table's evaluation).
+fp32 unless the parameters ask for ``eval_amp``, as the table's evaluation), and its
+multiply-adds and FLOPs counted as the record counts them
+(:func:`loveda_utils.benchmark.measure.count_complexity` at ``flops_size``). Weights do not
+change these costs, so models are built with random initialisation (``pretrained="none"``: no
+weight file needs fetching first) unless the overrides name weights.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from ..runtime import amp_dtype, autocast, channels_last_for, resolve_device, sy
 from ..training.recipe import Recipe, check_positive_int
 from ..training.trainer import build_datamodule, fit
 from .config import BenchmarkConfig
-from .measure import count_params
+from .measure import count_complexity, count_params
 from .profiles import Profile, get_profile
 
 
@@ -42,6 +46,9 @@ class Timing:
     eval_tiles: int
     eval_precision: str  # what that forward ran in: "fp32" or the autocast dtype
     params_m: float
+    gmacs: float  # one forward at 1 x 3 x flops_size x flops_size, as the record's gmacs
+    gflops: float
+    flops_size: int
     peak_memory_gb: float | None
     memory_source: str | None
 
@@ -55,6 +62,9 @@ class Estimate:
     method: str
     backbone: str
     params_m: float | None = None
+    gmacs: float | None = None
+    gflops: float | None = None
+    flops_size: int | None = None
     crop_size: int
     batch_size: int
     lr_schd: int
@@ -124,12 +134,16 @@ def _time_model(model: str, params: Mapping[str, Any], steps: int) -> Timing:
         net(image).argmax(1)
         synchronize(device)
         per_tile = time.perf_counter() - start
+    complexity = count_complexity(net, int(params.get("flops_size") or BenchmarkConfig.flops_size))
     return Timing(
         seconds_per_step=sorted(warm)[len(warm) // 2],
         seconds_per_tile=per_tile,
         eval_tiles=len(datamodule.eval_data()),
         eval_precision=str(dtype).removeprefix("torch.") if dtype is not None else "fp32",
         params_m=count_params(trained.task.model),
+        gmacs=complexity.gmacs,
+        gflops=complexity.gflops,
+        flops_size=complexity.size,
         peak_memory_gb=trained.peak_memory_gb,
         memory_source=trained.memory_source,
     )
@@ -153,7 +167,9 @@ def estimate(
     log: Callable[[str], None] = print,
 ):
     """Plan a GPU budget: a few iterations per model, then the projected time of the whole
-    schedule (training and evaluation), parameters and peak training memory.
+    schedule (training and evaluation), parameters, multiply-adds and FLOPs of one forward, and
+    peak training memory. Models start from random weights unless ``overrides`` set
+    ``pretrained`` (module docstring).
 
     Returns a ``pandas.DataFrame``, one :class:`Estimate` per row (an ``error`` column when a
     model failed).
@@ -169,7 +185,8 @@ def estimate(
     context = multiprocessing.get_context("spawn")
     rows = []
     for i, name in enumerate(names, 1):
-        params = prof.params_for(name, is_synthetic(root)) | dict(overrides or {})
+        params = prof.params_for(name, is_synthetic(root)) | {"pretrained": "none"}
+        params |= dict(overrides or {})
         params["data_root"] = str(root)
         recipe = Recipe.from_params(params)
         log(f"[{i}/{len(names)}] estimating {name} ({steps} iterations)...")
@@ -186,7 +203,8 @@ def estimate(
             # ms+flip costs one pass per scale and flip, in proportion to the scaled pixel count.
             passes = 1 + (2 * sum(s * s for s in MS_FLIP_SCALES) if params.get("ms_flip") else 0)
             row = dataclasses.replace(
-                row, params_m=found.params_m, s_per_iter=found.seconds_per_step,
+                row, params_m=found.params_m, gmacs=found.gmacs, gflops=found.gflops,
+                flops_size=found.flops_size, s_per_iter=found.seconds_per_step,
                 train_hours=found.seconds_per_step * recipe.max_steps / 3600,
                 eval_hours=found.seconds_per_tile * passes * found.eval_tiles / 3600,
                 eval_precision=found.eval_precision,

@@ -28,10 +28,14 @@ were read for each entry; the choice is keyed by the weights' ``meta["dataset"]`
   ``SENTINEL2_MI_RGB_SATLAS``, Swin-V2-B ``NAIP_RGB_SI_SATLAS``, ``NAIP_RGB_MI_SATLAS``):
   ``mean = 0``, ``std = 255``. torchgeo's transform is ``Normalize(0, 255)`` (after a 256 px
   centre crop we do not apply); the Satlas RGB models take 8-bit Sentinel-2 TCI or 8-bit
-  aerial (NAIP, about 1 m) RGB / 255, and LoveDA is 8-bit RGB.
+  aerial (NAIP, about 1 m) RGB / 255, and LoveDA is 8-bit RGB. Input size (Swin V2): patch 4
+  and 8x8 windows with continuous position bias, so nothing is tied to the 256 px crop; sides
+  that are multiples of 32 run as they are (512 and 1024 px), others are padded.
 * Scale-MAE (``ScaleMAELarge16_Weights.FMOW_RGB``, dataset ``fMoW``): ImageNet statistics;
   torchgeo's transform is / 255 then ImageNet mean/std on 8-bit fMoW RGB (224 px images,
-  meta ``img_size`` 224).
+  meta ``img_size`` 224). Input size: patch 16; the file's 14x14 ``pos_embed`` is not used,
+  Scale-MAE's GSD sine-cosine positions are computed for the actual grid (32x32 tokens at
+  512 px, 64x64 at 1024 px).
 * DOFA (``DOFABase16_Weights.DOFA_MAE``): ImageNet statistics, with LoveDA's R, G, B given
   to DOFA as the wavelengths
   :data:`~loveda_utils.models.foundation.DOFA_RGB_WAVELENGTHS_UM` (0.665, 0.56, 0.49 um,
@@ -39,7 +43,16 @@ were read for each entry; the choice is keyed by the weights' ``meta["dataset"]`
   transform is only a 224 px centre crop, and its meta lists neither bands nor channels, as
   DOFA takes any bands with their wavelengths); DOFA's own README normalises 8-bit RGB
   (NAIP) with ImageNet mean/std on 0..255 and gives it these wavelengths. The record's
-  normalisation text names the wavelengths.
+  normalisation text names the wavelengths. Input size: patch 16; the 14x14 (224 px)
+  position embedding is resized bicubically to the grid (32x32 at 512 px, 64x64 at 1024 px).
+* Every ``torchgeo``-family network pads its input to a multiple of 32 (its pyramid's 1/32
+  level) and crops the logits back; details in :mod:`loveda_utils.models.foundation`
+  ("Input sizes").
+* OAM-TCD (``Unet_Weights.OAM_RGB_RESNET50_TCD``, a whole smp UNet R-50 for tree cover):
+  ``mean = 0``, ``std = 1``, the 8-bit values as they are. torchgeo's transform only resizes
+  ("no normalization"), and the OAM-TCD pipeline's dataset hands the UNet its 8-bit RGB as
+  float 0..255 (``image.float()`` after albumentations' ``ToTensorV2``, nothing else). Input
+  size: trained on 1024 px tiles at 10 cm; the UNet takes any multiple of 32 (others padded).
 * A backbone file given by path for a ``torchgeo`` entry is in the layout of the entry's
   own weights, so it gets their normalisation (and says so).
 * A full ``SegmentationModel`` state dict given by path brings its own ``mean`` and ``std``
@@ -99,6 +112,11 @@ EO_NORMALIZATION: dict[str, Normalization] = {
         IMAGENET_NORMALIZATION.mean,
         IMAGENET_NORMALIZATION.std,
         "ImageNet mean/std on 0..255 (Scale-MAE: /255, ImageNet)",
+    ),
+    "OAM-TCD": Normalization(
+        (0.0, 0.0, 0.0),
+        (1.0, 1.0, 1.0),
+        "0..255 as they are: the OAM-TCD UNet was trained on unnormalised 8-bit RGB",
     ),
     "SatlasPretrain, Five-Billion-Pixels, HySpecNet-11k": Normalization(
         IMAGENET_NORMALIZATION.mean,

@@ -214,6 +214,10 @@ MODELS: dict[str, ModelSpec] = {spec.name: spec for spec in (
     _smp("upernet_resnet50_satlas", "UPerNet", "R-50 (SatlasPretrain)", "UPerNet", "resnet50",
          "SatlasPretrain Sentinel-2 RGB, single image", "ResNet50_Weights.SENTINEL2_SI_RGB_SATLAS",
          tags="eo mmseg"),
+    # A whole torchgeo UNet (encoder and decoder) as the initialisation, a new 7-class head.
+    _smp("unet_resnet50_tcd", "UNet", "R-50 (OAM-TCD UNet)", "Unet", "resnet50",
+         "whole UNet from OAM-TCD tree cover (10 cm aerial RGB, CC-BY-NC-4.0 weights)",
+         "Unet_Weights.OAM_RGB_RESNET50_TCD", tags="eo mmseg"),
     # Earth-observation foundation transformers (torchgeo builders + smp UPerNet decoder).
     _tg("upernet_swin_v2_b_satlas_naip", "UPerNet", "Swin-V2-B (SatlasPretrain aerial)",
         "swin_v2_b", "Swin_V2_B_Weights.NAIP_RGB_SI_SATLAS",

@@ -15,7 +15,9 @@ Weights are never downloaded here. ``pretrained`` (of
   weights' URL is read from the torch hub cache (or from the Hugging Face cache when the URL
   points to the Hub). torchgeo's ResNets are timm ResNets, whose key layout is
   torchvision's, so they load into smp's and torchvision's ResNet encoders key for key
-  (only the classifier ``fc`` is dropped).
+  (only the classifier ``fc`` is dropped). Weights of a whole network (torchgeo's
+  ``Unet_Weights.OAM_RGB_RESNET50_TCD``) initialise the encoder and the decoder of the entry
+  of that architecture and encoder (:mod:`loveda_utils.models.whole_network`).
 * ``"default"``: the registry entry's :attr:`~loveda_utils.models.registry.ModelSpec.default_pretrained`.
 * a path to a state-dict file (:mod:`loveda_utils.models.state_dict` reads it, safely):
   either a full :class:`~loveda_utils.models.wrapper.SegmentationModel` state dict (e.g. a
@@ -67,6 +69,7 @@ from .state_dict import (
     some_keys,
     strip_prefixes,
 )
+from .whole_network import load_whole_network, whole_network_arch
 
 if TYPE_CHECKING:
     from torchvision.models._api import WeightsEnum
@@ -291,10 +294,13 @@ def _resolve_torchgeo_weights(spec: ModelSpec, name: str) -> WeightsEnum:
         )
     weights = enum[member]
     full = f"{enum.__name__}.{member}"
-    wanted = weights.meta.get("model")
-    if wanted != spec.encoder:
+    # Whole-network weights (a U-Net) fit the entry of that architecture and encoder.
+    arch = whole_network_arch(weights)
+    wanted = weights.meta["encoder"] if arch else weights.meta.get("model")
+    if wanted != spec.encoder or arch not in (None, spec.arch):
+        what = f"{weights.meta['model']} with a {wanted} encoder" if arch else wanted
         raise WeightsError(
-            f"torchgeo weights {full} are for a {wanted} but model {spec.name!r} has a "
+            f"torchgeo weights {full} are for a {what} but model {spec.name!r} has a "
             f"{spec.encoder} backbone ({spec.backbone}). Pick weights for {spec.encoder}: "
             f"{_rgb_choices(own_enum) or 'torchgeo has none'}."
         )
@@ -330,6 +336,11 @@ def _load_torchgeo(model: SegmentationModel, weights: WeightsEnum) -> None:
     # Never weights.get_state_dict(): it would download when the file is absent.
     path = require_weight_file(_torchgeo_file(model.spec, weights))
     state = read_state_dict(path)
+    if whole_network_arch(weights):  # encoder and decoder (whole_network.py)
+        load_whole_network(model, state, f"{full} ({path})")
+        model.set_normalization(*EO_NORMALIZATION[weights.meta["dataset"]])
+        model.pretrained = full
+        return
     if model.spec.family == "torchgeo":  # the transformer's file minus what it never uses
         state = backbone_state_dict(model.backbone_module(), state)
     else:

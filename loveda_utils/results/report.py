@@ -152,7 +152,11 @@ def report_markdown(
             table_markdown(build_table(synthetic, results_dir, link_base=link_base)),
         ]
     else:
-        parts.append("_No synthetic runs here._")
+        demo = f"{paths.RESULTS_DIR.name}/{paths.DEMO_RESULTS_DIR.name}/{MARKDOWN_FILE}"
+        parts.append(
+            "_No synthetic runs here. The demo's pipeline check (`./workbook demo`, on the "
+            f"synthetic mini-LoveDA) has its own table, in the git-ignored `{demo}`._"
+        )
     return "\n\n".join(part.strip("\n") for part in parts) + "\n"
 
 

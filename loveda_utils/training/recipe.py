@@ -67,6 +67,13 @@ class Recipe:
             ``"mmseg"``, mmcv/MMSeg's (checked against their code in ``tests/parity``), or
             ``"fast"``, torchvision's antialiased resize and float photometric steps (faster,
             not MMSeg's; a run's ``config.yaml`` and record say which ran).
+        layer_decay: layer-wise learning-rate decay, in (0, 1]; 1 (every recipe's value): one
+            learning rate for every parameter. Below 1, MMSeg's
+            ``LayerDecayOptimizerConstructor`` rule for the models that have layers (the
+            ``torchgeo``-family transformers: block ``i`` of ``L`` gets
+            ``lr * layer_decay ** (L + 1 - i)``, biases, norms and tokens no weight decay;
+            :meth:`loveda_utils.models.foundation.FoundationUPerNet.param_groups`), e.g. 0.65
+            as MMSeg's MAE configs with AdamW; other models refuse it.
     """
 
     name: str
@@ -84,6 +91,7 @@ class Recipe:
     aux_weight: float
     gradient_clip_val: float | None
     fidelity: str
+    layer_decay: float
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
@@ -104,6 +112,11 @@ class Recipe:
             )
         if self.fidelity not in FIDELITIES:
             raise ConfigError(f"fidelity={self.fidelity!r}: use one of {', '.join(FIDELITIES)}")
+        if not _is_number(self.layer_decay) or not 0 < self.layer_decay <= 1:
+            raise ConfigError(
+                f"layer_decay={self.layer_decay!r}: must be in (0, 1] (1: no layer-wise decay; "
+                "MMSeg's MAE configs use 0.65)"
+            )
         if self.precision is not None and not isinstance(self.precision, str):
             raise ConfigError(
                 f"precision={self.precision!r}: use None or a Lightning precision such as "
@@ -180,6 +193,7 @@ MMSEG = Recipe(
     aux_weight=0.4,
     gradient_clip_val=None,
     fidelity="mmseg",
+    layer_decay=1.0,
 )
 
 QUICK = MMSEG.replace(

@@ -12,6 +12,7 @@ The hyperparameters are plain values (no recipe object), so that a checkpoint lo
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import lightning as L
@@ -28,7 +29,7 @@ from .recipe import MMSEG, Recipe
 #: The recipe fields the task holds (crop and batch size belong to the data, precision and
 #: clipping to the Trainer).
 TASK_FIELDS = ("pretrained", "optimizer", "lr", "momentum", "weight_decay", "max_steps",
-               "poly_power", "min_lr", "aux_weight")
+               "poly_power", "min_lr", "aux_weight", "layer_decay")
 
 
 def poly_factor(step: int, max_steps: int, power: float, base_lr: float, min_lr: float) -> float:
@@ -54,14 +55,15 @@ class SegmentationTask(L.LightningModule):
         poly_power: float = MMSEG.poly_power,
         min_lr: float = MMSEG.min_lr,
         aux_weight: float = MMSEG.aux_weight,
+        layer_decay: float = MMSEG.layer_decay,
         channels_last: bool = False,
     ) -> None:
         """Args:
         model: a name from :func:`loveda_utils.models.registry.available_models`.
         pretrained: ``"default"`` (the registry entry's own: ImageNet, or its EO weights),
             ``"none"``, ``"imagenet"``, a torchgeo weights name or a state-dict path.
-        optimizer, lr, momentum, weight_decay, max_steps, poly_power, min_lr, aux_weight: as
-            :class:`~loveda_utils.training.recipe.Recipe` describes them.
+        optimizer, lr, momentum, weight_decay, max_steps, poly_power, min_lr, aux_weight,
+            layer_decay: as :class:`~loveda_utils.training.recipe.Recipe` describes them.
         channels_last: NHWC memory format (faster convolutions on recent GPUs and CPUs).
         """
         super().__init__()
@@ -70,11 +72,13 @@ class SegmentationTask(L.LightningModule):
         self.recipe = MMSEG.replace(pretrained=pretrained, optimizer=optimizer, lr=lr,
                                     momentum=momentum, weight_decay=weight_decay,
                                     max_steps=max_steps, poly_power=poly_power, min_lr=min_lr,
-                                    aux_weight=aux_weight)
+                                    aux_weight=aux_weight, layer_decay=layer_decay)
         self.channels_last = channels_last
         self.model_name = model
         self.save_hyperparameters()
         self.model = build_model(model, num_classes=num_classes, pretrained=pretrained)
+        if layer_decay != 1:  # a model without layers refuses it now, not when training starts
+            self.model.param_groups(lr, layer_decay, weight_decay)
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         # Labels come from labels_from_logits (always in range): no range check per batch.
@@ -136,14 +140,22 @@ class SegmentationTask(L.LightningModule):
 
     def configure_optimizers(self) -> OptimizerLRSchedulerConfig:
         hp = self.recipe
-        params = [p for p in self.model.parameters() if p.requires_grad]
+        params: list[Any]
+        if hp.layer_decay != 1:  # one group per layer and decay kind, each its own lr and wd
+            params = self.model.param_groups(hp.lr, hp.layer_decay, hp.weight_decay)
+        else:
+            params = [p for p in self.model.parameters() if p.requires_grad]
         optimizer: torch.optim.Optimizer
         if hp.optimizer == "sgd":
             optimizer = torch.optim.SGD(params, lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
         else:
             optimizer = torch.optim.AdamW(params, lr=hp.lr, weight_decay=hp.weight_decay)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer,
-            lambda step: poly_factor(step, hp.max_steps, hp.poly_power, hp.lr, min(hp.min_lr, hp.lr)),
-        )
+        # MMSeg's PolyLR per parameter group: each decays from its own lr to min_lr.
+        def poly(base: float) -> Callable[[int], float]:
+            return lambda step: poly_factor(
+                step, hp.max_steps, hp.poly_power, base, min(hp.min_lr, base)
+            )
+
+        factors = [poly(group["lr"]) for group in optimizer.param_groups]
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factors)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -100,6 +100,82 @@ def test_record_miou_equals_recomputation_from_saved_predictions(first_run, tiny
     assert cm.compute().miou == pytest.approx(record["miou"], abs=1e-12)
 
 
+def check_per_tile_file(record: dict, run_dir: Path, root: Path) -> np.ndarray:
+    """The run's ``per_tile_confusion.npz`` against its record: the tiles' names, int64 counts
+    that sum to the mIoUs the record states (exactly), and the record's intervals redrawn from
+    the file. Returns the single-scale matrices."""
+    from loveda_utils.evaluation.bootstrap import bootstrap_miou_ci
+    from loveda_utils.evaluation.metrics import scores_from_confusion
+    from loveda_utils.evaluation.per_tile import PER_TILE_FILE, load_per_tile
+
+    saved = load_per_tile(run_dir / PER_TILE_FILE)
+    split = record["dataset"]["split"]
+    expected = sorted(f"{split}/{p.parent.parent.name}/{p.name}"
+                      for p in root.glob(f"{split}/*/masks_png/*.png"))
+    if record["config"]["limit_eval_images"] is None:
+        assert sorted(saved.single.names) == expected
+    assert len(saved.single) == record["dataset"]["n_images"] and set(saved.single.names) <= set(expected)
+    assert saved.single.confusion.dtype == np.int64
+    assert saved.single.confusion.shape == (record["dataset"]["n_images"], 7, 7)
+    scores = scores_from_confusion(saved.single.total())
+    assert scores.miou == record["miou"]  # exactly: the same matrix behind the record
+    assert dict(scores.per_class_iou) == record["per_class_iou"]
+    bootstrap = record["bootstrap"]
+    assert bootstrap["resamples"] == 2000 and bootstrap["seed"] == 0 and bootstrap["level"] == 0.95
+    ci = list(bootstrap_miou_ci(saved.single.confusion, bootstrap["resamples"], bootstrap["seed"]))
+    assert record["miou_ci"] == ci and ci[0] <= record["miou"] <= ci[1]
+    for scene, value in record["per_scene_miou"].items():
+        tiles = saved.single.scene(scene)
+        if value is None:
+            assert len(tiles) == 0 and record["per_scene_miou_ci"][scene] is None
+            continue
+        assert scores_from_confusion(tiles.total()).miou == value
+        low, high = record["per_scene_miou_ci"][scene]
+        assert [low, high] == list(bootstrap_miou_ci(tiles.confusion)) and low <= value <= high
+    if record["miou_ms_flip"] is None:
+        assert saved.ms_flip is None
+    else:
+        assert saved.ms_flip is not None and saved.ms_flip.names == saved.single.names
+        assert scores_from_confusion(saved.ms_flip.total()).miou == record["miou_ms_flip"]
+        low, high = record["miou_ms_flip_ci"]
+        assert low <= record["miou_ms_flip"] <= high
+    return saved.single.confusion
+
+
+def test_the_record_s_mious_come_from_its_per_tile_file(first_run, tiny_mini: Path) -> None:
+    """Whole tiles and ms+flip: the file's matrices sum to the record's mIoUs exactly."""
+    results, record_path = first_run
+    record = json.loads(record_path.read_text())
+    assert record["miou_ms_flip"] is not None
+    check_per_tile_file(record, record_path.parent, tiny_mini)
+
+
+def test_papermill_on_real_tiles_saves_the_tiles_behind_the_record(real_sample: Path, tmp_path: Path) -> None:
+    """03 on the 16 real LoveDA tiles (the sample holds Train/Rural only: trained and scored
+    there): per_tile_confusion.npz holds every tile, each tile's matrix is the one its saved
+    prediction and its mask give, the sum is the record's mIoU and the interval holds it."""
+    results = tmp_path / "results"
+    run_03(tmp_path / "03.ipynb", model=MODEL, data_root=str(real_sample), results_dir=str(results),
+           train_scenes="rural", eval_split="train", eval_scenes="rural", save_predictions=True,
+           **TINY | {"max_steps": 4, "ms_flip": False, "fps_images": 1, "fps_warmup": 0,
+                     "fps_size": 64, "mem_steps": 0, "visual_tiles": 0})
+    (record_path,) = results.glob("runs/*/metrics.json")
+    record = json.loads(record_path.read_text())
+    assert record["dataset"]["synthetic"] is False and record["dataset"]["n_images"] == 16
+    confusion = check_per_tile_file(record, record_path.parent, real_sample)
+    from loveda_utils.evaluation.per_tile import PER_TILE_FILE, load_per_tile
+
+    names = load_per_tile(record_path.parent / PER_TILE_FILE).single.names
+    for index in (0, len(names) - 1):  # a tile's matrix, counted again from the files on disk
+        split, scene, name = names[index].split("/")
+        mask = np.array(Image.open(real_sample / split / scene / "masks_png" / name))
+        pred = np.array(Image.open(record_path.parent / "predictions" / split / scene / name))
+        keep = mask > 0
+        counts = np.bincount((mask[keep].astype(np.int64) - 1) * 7 + pred[keep].astype(np.int64) - 1,
+                             minlength=49).reshape(7, 7)
+        assert np.array_equal(confusion[index], counts), names[index]
+
+
 def test_rerun_from_config_yaml_leaves_the_first_record_intact(first_run, tmp_path: Path) -> None:
     """The first run's config.yaml, as papermill parameters (``-f``), reruns the same row."""
     import yaml
@@ -211,6 +287,26 @@ def test_estimate_projects_the_schedule(tiny_mini: Path) -> None:
     assert row.s_per_iter > 0 and row.train_hours == pytest.approx(row.s_per_iter * 1000 / 3600)
     assert row.params_m > 1 and row.peak_mem_gb > 0 and row.lr_schd == 1000
     assert row.eval_precision == "fp32"  # the table's evaluation precision (eval_amp off)
+    from loveda_utils.benchmark.measure import count_complexity
+    from loveda_utils.models import build_model
+
+    counted = count_complexity(build_model(MODEL), TINY["flops_size"])  # as the record counts
+    assert (row.gmacs, row.gflops, row.flops_size) == (counted.gmacs, counted.gflops, 64)
+
+
+def test_estimate_covers_the_eo_transformers_without_their_weights(tiny_mini: Path) -> None:
+    """The mmseg profile's EO entries default to torchgeo weights, absent here: estimate times
+    them from random weights (the cost is the same) and reports parameters, FLOPs and memory."""
+    models = ["upernet_swin_v2_t_satlas_s2", "upernet_vit_b16_dofa"]
+    overrides = {"crop_size": 32, "batch_size": 2, "flops_size": 64, "num_workers": 0,
+                 "ms_flip": False}
+    table = estimate("mmseg", models=models, data_root=tiny_mini, steps=2, overrides=overrides,
+                     log=lambda _: None)
+    assert "error" not in table, table.get("error")
+    assert list(table["model"]) == models
+    assert (table["params_m"] > 25).all() and (table["peak_mem_gb"] > 0).all()
+    assert (table["gmacs"] > 0).all() and (table["gflops"] > table["gmacs"]).all()
+    assert (table["flops_size"] == 64).all() and (table["lr_schd"] == 80_000).all()
 
 
 def test_notebook_parameters_match_the_config() -> None:

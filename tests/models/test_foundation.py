@@ -137,15 +137,25 @@ def test_entries_are_registered_with_their_torchgeo_weights(caches: dict[str, Pa
 
 
 # --------------------------------------------------------------------------- forward contract
-# Every entry builds and runs at 64 px in tests/models/test_registry.py; loaded weights
-# run at 64 px and odd sizes below. 512 px: one per architecture (Swin -> UPerNet,
-# ViT -> Feature2Pyramid -> UPerNet).
+# Every entry builds and runs at 64 px in tests/models/test_wrapper.py; loaded weights
+# run at 64 px and odd sizes below. 512 px (the training crop): one entry per torchgeo
+# builder (the entries of one builder differ only in their weights), through the wrapper
+# (uint8 in, normalisation inside).
 
 
-@pytest.mark.parametrize("arch", ["swin", "vit"])
-def test_forward_at_512_px(small_nets: dict[str, FoundationUPerNet], arch: str) -> None:
+@pytest.mark.parametrize(
+    "name",
+    [
+        "upernet_swin_v2_t_satlas_s2",
+        "upernet_swin_v2_b_satlas_naip",
+        "upernet_vit_b16_dofa",
+        "upernet_vit_l16_scalemae",
+    ],
+)
+def test_forward_at_512_px(uint8_batch: Batch, name: str) -> None:
+    model = build_model(name).eval()
     with torch.inference_mode():
-        logits = small_nets[arch](torch.randn(1, 3, 512, 512))
+        logits = model(uint8_batch(512, 512))
     assert logits.shape == (1, NUM_CLASSES, 512, 512) and torch.isfinite(logits).all()
 
 

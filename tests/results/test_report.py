@@ -114,6 +114,7 @@ def test_report_parts_without_real_or_synthetic_rows(tmp_path: Path) -> None:
     assert f"| FCN {SYNTHETIC_MARK} |" in pipeline
     ours, published, pipeline = _parts(report_markdown([make_record()], level=3), "###")
     assert "| DeepLabV3+ | R-50 |" in ours and "No synthetic runs here" in pipeline
+    assert "`./workbook demo`" in pipeline and "`results/demo/benchmark.md`" in pipeline
     # Published rows appear in their own part only, under their split, marked as reported.
     row = published_row(method="PSPNet", backbone="R-101-D8", miou=0.5186)
     ours, published, _ = _parts(report_markdown([make_record()], published=[row]), "##")
@@ -270,10 +271,12 @@ def test_render_comparison(tmp_path: Path) -> None:
         assert source not in html, source
     assert "In&nbsp;[" not in html  # no In [n]: prompts
     assert not re.findall(r'class="jp-(?:Input|Output)Prompt', html)
-    # The contents list leads to every part.
-    targets = set(re.findall(r'href="#([^"]+)"', html))
-    anchors = set(re.findall(r'id="([^"]+)"', html))
-    assert len(targets) >= 8 and targets <= anchors, targets - anchors
+    # The contents list (the page's one <ol>; every heading's own anchor link aside) leads to
+    # every part, and to nothing else.
+    (contents,) = re.findall(r"<ol>(.*?)</ol>", html, flags=re.S)
+    targets = re.findall(r'href="#([^"]+)"', contents)
+    sections = re.findall(r'<h2 id="([^"]+)"', html)
+    assert len(sections) >= 9 and targets == sections, set(sections) ^ set(targets)
 
 
 def test_an_empty_results_dir_is_refused_not_read_as_the_projects(project: Path, capsys) -> None:

@@ -50,6 +50,7 @@ def test_unknown_recipe_lists_the_valid_ones() -> None:
         ({"lr": -1.0}, "lr=-1.0: must be a positive number"),
         ({"weight_decay": -1e-4}, "weight_decay=-0.0001: must be a number >= 0"),
         ({"gradient_clip_val": 0}, "gradient_clip_val=0: use None or a positive number"),
+        ({"layer_decay": 1.5}, "layer_decay=1.5: must be in (0, 1]"),
         ({"precision": 16}, "precision=16: use None or a Lightning precision"),
         ({"momentun": 0.9}, "momentun: not a recipe field"),
         ({"fidelity": "exact"}, "fidelity='exact': use one of mmseg, fast"),

@@ -142,6 +142,44 @@ def test_poly_schedule_matches_mmseg() -> None:
     assert sgd.param_groups[0]["lr"] == pytest.approx(1e-4)
 
 
+def test_layer_decay_gives_each_layer_its_own_poly_schedule() -> None:
+    """MMSeg's MAE fine-tuning (AdamW, layer decay 0.65): the groups are the network's own, and
+    each decays by the poly rule from its own learning rate."""
+    task = SegmentationTask(model="upernet_vit_b16_dofa", pretrained="none", optimizer="adamw",
+                            lr=1e-4, weight_decay=0.05, min_lr=0.0, layer_decay=0.65, max_steps=10)
+    opt = task.configure_optimizers()
+    adamw, scheduler = opt["optimizer"], opt["lr_scheduler"]["scheduler"]
+    expected = task.model.param_groups(1e-4, 0.65, 0.05)
+    assert len(adamw.param_groups) == len(expected) > 2
+    for group, want in zip(adamw.param_groups, expected):
+        assert group["name"] == want["name"] and group["weight_decay"] == want["weight_decay"]
+        assert group["lr"] == pytest.approx(want["lr"])
+        assert [id(p) for p in group["params"]] == [id(p) for p in want["params"]]
+    assert {g["lr"] for g in adamw.param_groups} > {1e-4}  # the head's, and smaller ones
+    for _ in range(5):
+        adamw.step()
+        scheduler.step()
+    for group, want in zip(adamw.param_groups, expected):  # half-way: (1 - 0.5) ** 0.9
+        assert group["lr"] == pytest.approx(want["lr"] * 0.5**0.9)
+    # Models without layers refuse it when the task is made, naming the model.
+    with pytest.raises(ConfigError, match="'unet_resnet18'.*decay=1"):
+        SegmentationTask(model=MODEL, pretrained="none", layer_decay=0.65)
+    with pytest.raises(ConfigError, match=r"layer_decay=0: must be in \(0, 1\]"):
+        SegmentationTask(model=MODEL, pretrained="none", layer_decay=0)
+
+
+def test_fit_with_layer_decay(mini_loveda: Path, tmp_path: Path) -> None:
+    """A recipe's layer_decay reaches the optimizer Lightning steps."""
+    recipe = RECIPE.replace(max_steps=2, batch_size=2, crop_size=32, layer_decay=0.8)
+    outcome = fit(recipe, build_datamodule(recipe, mini_loveda, num_workers=0), tmp_path / "f",
+                  model="upernet_swin_v2_t_satlas_s2", progress=False)
+    assert outcome.steps == 2 and outcome.trainer is not None
+    groups = outcome.trainer.optimizers[0].param_groups
+    scales = {g["name"]: g["lr_scale"] for g in groups}
+    assert scales["layer_13_decay"] == 1 and scales["layer_0_decay"] == pytest.approx(0.8**13)
+    assert outcome.task.hparams.layer_decay == 0.8
+
+
 def test_bad_parameters() -> None:
     with pytest.raises(ConfigError, match="optimizer='adam'"):
         SegmentationTask(model=MODEL, pretrained="none", optimizer="adam")
