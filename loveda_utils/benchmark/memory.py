@@ -72,15 +72,10 @@ class TrainingMemory:
     cudnn_benchmark: bool
 
     def protocol(self) -> dict[str, Any]:
-        """The record's ``mem_protocol``."""
-        return {
-            "batch": self.batch,
-            "crop": self.crop,
-            "precision": self.precision,
-            "steps": self.steps,
-            "optimizer": self.optimizer,
-            "cudnn_benchmark": self.cudnn_benchmark,
-        }
+        """The record's ``mem_protocol``: every field but the measured ``gb`` and ``source``."""
+        setting = dataclasses.asdict(self)
+        del setting["gb"], setting["source"]
+        return setting
 
 
 class PeakMemory:
