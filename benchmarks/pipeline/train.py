@@ -43,7 +43,7 @@ def measure_train(
     from torch.utils.data import DataLoader
 
     from loveda_utils.runtime import precision_dtype, training_precision
-    from loveda_utils.training.recipe import get_recipe
+    from loveda_utils.training.recipe import checkpoint_interval, get_recipe
     from loveda_utils.training.task import SegmentationTask, poly_factor
     from loveda_utils.training.trainer import build_trainer
 
@@ -96,6 +96,10 @@ def measure_train(
                 recipe,
                 accelerator=accelerator,
                 devices=devices,
+                # A full mmseg run writes last.ckpt every checkpoint_interval(80k) steps; these
+                # few steps' own interval would write it after every step (a short run's
+                # safeguard), which the plain loop does not do and a real run amortises.
+                checkpoint_every=checkpoint_interval(mmseg.max_steps),
                 progress=False,
                 extra_callbacks=[timer],
             )
