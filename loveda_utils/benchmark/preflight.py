@@ -44,7 +44,7 @@ from ..training.recipe import MMSEG
 from .devices import Device, cuda_devices
 from .footprint import Footprint, footprint, training_memory_bytes
 from .profiles import Profile, get_profile
-from .suite import Job, plan
+from .suite import Job, plan, runs_to_start
 
 #: Recipes that are the GPU protocol on the LoveDA release: they need a CUDA device and the
 #: release's tiles (the synthetic mini-LoveDA is the CPU demo's data).
@@ -111,11 +111,6 @@ class PreflightReport:
 
 
 # -- what would run --------------------------------------------------------------------------
-
-
-def runs_to_start(jobs: Iterable[Job]) -> list[Job]:
-    """The jobs of :func:`~loveda_utils.benchmark.suite.plan` that would run (not skipped)."""
-    return [job for job in jobs if job.status == "pending"]
 
 
 def needs_gpu(run: Job) -> bool:

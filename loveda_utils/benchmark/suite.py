@@ -23,7 +23,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -119,6 +119,11 @@ class Job:
         """Give up the claim of the job's folder (its run is over)."""
         if self.run_dir is not None:
             release_run_dir(self.run_dir)
+
+
+def runs_to_start(jobs: Iterable[Job]) -> list[Job]:
+    """The jobs of :func:`plan` that will run (not skipped as already done)."""
+    return [job for job in jobs if job.status == "pending"]
 
 
 def evaluated_scenes(run_dir: Path) -> set[str]:
@@ -373,7 +378,7 @@ def run_suite(
                                  "problem(s), their fixes listed above (or pass --skip-check)",
                                  report)
     jobs = plan(prof, models, root, results, force, overrides)
-    todo = [j for j in jobs if j.status == "pending"]
+    todo = runs_to_start(jobs)
     kind = "synthetic mini-LoveDA" if is_synthetic(root) else "LoveDA"
     log(f"suite '{prof.name}': {len(jobs)} run(s) on {kind} at {root}; {len(todo)} to run; "
         f"results in {results}")

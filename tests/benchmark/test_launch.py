@@ -15,6 +15,7 @@ from pathlib import Path
 import nbformat
 import psutil
 import pytest
+import tiny_runs
 from submitit.core.utils import DelayedSubmission
 
 from loveda_utils.benchmark.launch import ClusterLauncher, ModelJob, SlurmOptions
@@ -27,11 +28,7 @@ from loveda_utils.results.store import CHECKPOINT_FILE, METRICS_FILE, NOTEBOOK_F
 
 PREEMPTED = "lraspp_mobilenet_v3_large"
 OTHER = "unet_resnet18"
-TINY = {
-    "pretrained": "none", "max_steps": 2, "batch_size": 2, "crop_size": 32, "fps_images": 2,
-    "fps_size": None, "flops_size": 64, "visual_tiles": 2, "num_workers": 0, "progress": False,
-    "fps_warmup": 1, "ms_flip": False,
-}
+TINY = {**tiny_runs.TINY, "ms_flip": False}
 OPTIONS = SlurmOptions(partition="gpu", account="proj42", qos="high", constraint="a100",
                        time_min=240, gpus_per_job=1, cpus_per_job=8, mem_gb=64, max_parallel=2,
                        max_requeues=5, setup=("module load cuda/12.4",),

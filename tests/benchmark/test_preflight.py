@@ -20,7 +20,7 @@ from loveda_utils.benchmark.footprint import (
 )
 from loveda_utils.benchmark.measure import count_params
 from loveda_utils.benchmark.profiles import PROFILES, Profile
-from loveda_utils.benchmark.suite import plan, run_suite
+from loveda_utils.benchmark.suite import plan, run_suite, runs_to_start
 from loveda_utils.cli import main as cli
 from loveda_utils.errors import PreflightError
 from loveda_utils.models import fetch
@@ -55,7 +55,7 @@ def one_gpu(monkeypatch: pytest.MonkeyPatch):
 
 def _planned(*args, **kwargs):
     """The runs the pre-flight checks: the suite's plan, claiming nothing, done runs left out."""
-    return pf.runs_to_start(plan(*args, claim=False, **kwargs))
+    return runs_to_start(plan(*args, claim=False, **kwargs))
 
 def rows(report: pf.PreflightReport, check: str) -> list[pf.Finding]:
     return [f for f in report.findings if f.check == check]

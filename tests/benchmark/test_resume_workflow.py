@@ -7,16 +7,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import lightning as L
 import nbformat
-import papermill as pm
 import pytest
+import tiny_runs
 import torch
+from tiny_runs import MODEL, InterruptAt, run_03
 
 from loveda_utils.benchmark.config import BenchmarkConfig
 from loveda_utils.benchmark.profiles import Profile
 from loveda_utils.benchmark.suite import run_suite
-from loveda_utils.paths import NOTEBOOKS_DIR
 from loveda_utils.results.schema import validate_record
 from loveda_utils.results.store import RUNS_DIR, run_group_for
 from loveda_utils.training.segments import SEGMENTS_KEY, TrainSegment
@@ -24,12 +23,7 @@ from loveda_utils.training.trainer import build_datamodule, fit
 
 pytestmark = pytest.mark.slow
 
-MODEL = "lraspp_mobilenet_v3_large"  # the quickest registry model on a CPU
-TINY = {
-    "pretrained": "none", "max_steps": 4, "batch_size": 2, "crop_size": 32, "fps_images": 2,
-    "fps_size": None, "flops_size": 64, "visual_tiles": 0, "num_workers": 0, "progress": False,
-    "fps_warmup": 1, "ms_flip": False,
-}
+TINY = {**tiny_runs.TINY, "max_steps": 4, "visual_tiles": 0, "ms_flip": False}
 
 
 @pytest.fixture(scope="module")
@@ -37,22 +31,6 @@ def tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from loveda_utils.data.synthetic import generate_mini_loveda
 
     return generate_mini_loveda(tmp_path_factory.mktemp("tiny") / "mini", tiles=2, size=64, seed=1)
-
-
-def run_03(out: Path, **parameters) -> None:
-    pm.execute_notebook(str(NOTEBOOKS_DIR / "03_benchmark.ipynb"), str(out), parameters=parameters,
-                        kernel_name="python3", progress_bar=False, cwd=str(NOTEBOOKS_DIR))
-
-
-class _InterruptAt(L.Callback):
-    """Ctrl-C as the Trainer sees it: a KeyboardInterrupt once ``step`` steps are done."""
-
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if trainer.global_step == self.step:
-            raise KeyboardInterrupt
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +44,7 @@ def resumed(tree: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     recipe = BenchmarkConfig.from_params(parameters).training_recipe
     with pytest.raises(KeyboardInterrupt):
         fit(recipe, build_datamodule(recipe, tree, num_workers=0), run_dir, model=MODEL,
-            progress=False, extra_callbacks=[_InterruptAt(2)])
+            progress=False, extra_callbacks=[InterruptAt(2)])
     assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 2
     run_03(results / "03.ipynb", **parameters)
     return run_dir

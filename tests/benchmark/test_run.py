@@ -11,6 +11,7 @@ import numpy as np
 import papermill as pm
 import pytest
 from PIL import Image
+from tiny_runs import MODEL, TINY, run_03
 
 from loveda_utils.benchmark.config import BenchmarkConfig, read_benchmark_config
 from loveda_utils.benchmark.estimate import estimate
@@ -26,12 +27,6 @@ from loveda_utils.training.recipe import CONFIG_FILE
 
 pytestmark = pytest.mark.slow
 
-MODEL = "lraspp_mobilenet_v3_large"  # the quickest registry model on a CPU
-TINY = {
-    "pretrained": "none", "max_steps": 2, "batch_size": 2, "crop_size": 32, "fps_images": 2,
-    "fps_size": None, "flops_size": 64, "visual_tiles": 2, "num_workers": 0, "progress": False,
-    "fps_warmup": 1,
-}
 
 
 @pytest.fixture(scope="module")
@@ -39,12 +34,6 @@ def tiny_mini(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from loveda_utils.data.synthetic import generate_mini_loveda
 
     return generate_mini_loveda(tmp_path_factory.mktemp("tiny") / "mini", tiles=2, size=64, seed=1)
-
-
-def run_03(out: Path, **parameters) -> nbformat.NotebookNode:
-    pm.execute_notebook(str(NOTEBOOKS_DIR / "03_benchmark.ipynb"), str(out), parameters=parameters,
-                        kernel_name="python3", progress_bar=False, cwd=str(NOTEBOOKS_DIR))
-    return nbformat.read(out, as_version=4)
 
 
 @pytest.fixture(scope="module")

@@ -11,27 +11,20 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
-import papermill as pm
 import pytest
 from PIL import Image
 from record_factory import make_record, write_run
+from tiny_runs import MODEL, TINY, run_03
 
 from loveda_utils.benchmark.suite import Profile, run_suite
 from loveda_utils.cli import main as cli
 from loveda_utils.data.classes import CLASS_NAMES
-from loveda_utils.paths import NOTEBOOKS_DIR
 from loveda_utils.results.schema import validate_record
 from loveda_utils.results.store import PREDICTIONS_ONLY_GROUP, run_group_for
 from loveda_utils.results.table import latest_records
 
 pytestmark = pytest.mark.slow
 
-MODEL = "lraspp_mobilenet_v3_large"  # the quickest registry model on a CPU
-TINY = {
-    "pretrained": "none", "max_steps": 2, "batch_size": 2, "crop_size": 32, "fps_images": 2,
-    "fps_size": None, "flops_size": 64, "visual_tiles": 2, "num_workers": 0, "progress": False,
-    "fps_warmup": 1,
-}
 
 
 @pytest.fixture(scope="module")
@@ -41,11 +34,8 @@ def test_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
     tree = generate_mini_loveda(tmp_path_factory.mktemp("tiny") / "mini", tiles=4, size=64, seed=1)
     results = tmp_path_factory.mktemp("results")
-    pm.execute_notebook(str(NOTEBOOKS_DIR / "03_benchmark.ipynb"), str(results / "03.ipynb"),
-                        parameters={**TINY, "model": MODEL, "data_root": str(tree),
-                                    "results_dir": str(results), "eval_split": "test",
-                                    "save_predictions": True},
-                        kernel_name="python3", progress_bar=False, cwd=str(NOTEBOOKS_DIR))
+    run_03(results / "03.ipynb", **TINY, model=MODEL, data_root=str(tree),
+           results_dir=str(results), eval_split="test", save_predictions=True)
     (record_path,) = results.glob("runs/*/metrics.json")
     return tree, record_path.parent
 

@@ -11,9 +11,9 @@ import sys
 import time
 from pathlib import Path
 
-import lightning as L
 import pytest
 import torch
+from tiny_runs import MODEL, InterruptAt
 
 from loveda_utils.errors import CheckpointError
 from loveda_utils.training.callbacks import RunCheckpoint
@@ -23,7 +23,6 @@ from loveda_utils.training.trainer import build_datamodule, build_trainer, fit
 
 pytestmark = pytest.mark.slow
 
-MODEL = "lraspp_mobilenet_v3_large"  # the quickest registry model on a CPU
 RECIPE = QUICK.replace(max_steps=3, batch_size=2, crop_size=48)
 REPO = Path(__file__).resolve().parents[2]
 
@@ -40,17 +39,6 @@ def _step(path: Path) -> int:
 
 def _segments(path: Path) -> list[dict]:
     return torch.load(path, weights_only=True)[SEGMENTS_KEY]
-
-
-class _InterruptAt(L.Callback):
-    """Ctrl-C as the Trainer sees it: a KeyboardInterrupt once ``step`` steps are done."""
-
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if trainer.global_step == self.step:
-            raise KeyboardInterrupt
 
 
 # -- the checkpoint a record names is the one the run wrote ------------------------------------------
@@ -115,7 +103,7 @@ def interrupted(mini_loveda: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     handler = signal.getsignal(signal.SIGINT)
     with pytest.raises(KeyboardInterrupt, match=r"interrupted at step 2; .*last.ckpt holds step 2: "
                        "run again into the same run folder to resume"):
-        _fit(mini_loveda, run_dir, steps=5, extra_callbacks=[_InterruptAt(2)])
+        _fit(mini_loveda, run_dir, steps=5, extra_callbacks=[InterruptAt(2)])
     # Lightning ignores SIGINT while it shuts down and leaves it so: fit restores the handler.
     assert signal.getsignal(signal.SIGINT) is handler
     return run_dir
