@@ -1,10 +1,13 @@
 """The parameters of one benchmark run: ``notebooks/03_benchmark.ipynb``'s ``parameters`` cell.
 
 The names are the notebook's. The training numbers (``max_steps``, ``batch_size``,
-``crop_size``, ``lr``, ``precision``, ...) default to ``None``: the named ``recipe``'s
-(``loveda_utils/training/recipe.py``), so the notebook, the suite and the ``train`` command share
-one set of defaults. A built config holds the resolved values, and every run writes them to its
-folder as ``config.yaml``, which :func:`read_benchmark_config` turns back into the same config.
+``crop_size``, ``lr``, ``precision``, ...: every field of
+:class:`~loveda_utils.training.recipe.Recipe`) are parameters that default to ``None``, the
+named ``recipe``'s, so the notebook, the suite and the ``train`` command share one set of
+defaults; they are not declared again here. A built config holds the resolved
+:class:`~loveda_utils.training.recipe.Recipe` (``training_recipe``) beside the run's other
+parameters, and every run writes both to its folder as ``config.yaml``, which
+:func:`read_benchmark_config` turns back into the same config.
 
 A relative ``results_dir`` is made absolute when the config is built, against the working
 directory of the process building it: the caller's for ``papermill`` run from a shell (it keeps
@@ -16,7 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +34,8 @@ from ..training.recipe import (
     CONFIG_FILE,
     DEFAULT_RECIPE,
     RECIPE_FIELDS,
+    RECIPE_PARAMETER,
+    RECIPES,
     Recipe,
     check_positive_int,
     read_run_config,
@@ -70,11 +75,13 @@ def _named(name: str, normalize: Callable[[Any], Any], value: Any) -> None:
 
 @dataclass
 class BenchmarkConfig:
-    """The parameters of ``03_benchmark.ipynb``; ``None`` for a recipe field means the recipe's.
+    """The parameters of ``03_benchmark.ipynb``: the run's settings, and the resolved recipe.
 
-    The default recipe is MMSeg's LoveDA schedule (meant for a GPU); the evaluation defaults
-    are MMSeg's protocol: whole tiles of Val plus ms+flip, fps over 195 images after 5 warm-up
-    ones at 1024 px (their 200-image loop), Mem from a probe training 4 images in fp32.
+    Build it from the notebook's flat parameters with :meth:`from_params` (``recipe`` names the
+    recipe, each recipe field set to a value overrides it); :meth:`to_dict` gives them back,
+    resolved. The default recipe is MMSeg's LoveDA schedule (meant for a GPU); the evaluation
+    defaults are MMSeg's protocol: whole tiles of Val plus ms+flip, fps over 195 images after 5
+    warm-up ones at 1024 px (their 200-image loop), Mem from a probe training 4 images in fp32.
     """
 
     model: str = "deeplabv3_resnet101"
@@ -82,33 +89,17 @@ class BenchmarkConfig:
     train_scenes: str = "both"
     eval_scenes: str = "both"
     eval_split: str = "val"
-    pretrained: str | None = None
     checkpoint: str | None = None
-    max_steps: int | None = None
-    batch_size: int | None = None
-    crop_size: int | None = None
-    lr: float | None = None
     ms_flip: bool = True
     fps_images: int = 195  # timed images, after fps_warmup untimed ones
     limit_eval_images: int | None = None
     seed: int = 0
     accelerator: str = "auto"
     devices: int | str = 1
-    precision: str | None = None
     results_dir: str | None = None
     save_predictions: bool = False
     run_name: str | None = None
     # Beyond the contract's names:
-    recipe: str = DEFAULT_RECIPE
-    optimizer: str | None = None
-    weight_decay: float | None = None
-    momentum: float | None = None
-    min_lr: float | None = None
-    poly_power: float | None = None
-    aux_weight: float | None = None
-    gradient_clip_val: float | None = None
-    fidelity: str | None = None  # training transforms: "mmseg" (the recipes') or "fast" (recorded)
-    layer_decay: float | None = None
     strategy: str = "auto"
     num_nodes: int = 1
     allow_cpu: bool = False  # train a GPU recipe's full schedule on the CPU all the same
@@ -125,6 +116,8 @@ class BenchmarkConfig:
     channels_last: bool | None = None  # None: on for CPU and CUDA+AMP inference (faster there)
     visual_tiles: int = 4
     progress: bool = True
+    # The parameters `recipe` (its name) and every recipe field, resolved and checked.
+    training_recipe: Recipe = RECIPES[DEFAULT_RECIPE]
 
     def __post_init__(self) -> None:
         get_spec(self.model)  # unknown model -> the list of valid names, before anything runs
@@ -135,10 +128,6 @@ class BenchmarkConfig:
             check_run_name(self.run_name)  # before anything runs, and no folder is made
         if self.results_dir:  # against the caller's directory, before anyone changes it
             self.results_dir = _absolute(self.results_dir)
-        # The recipe with this run's overrides, checked; the fields then hold the resolved values.
-        for name, value in Recipe.from_params(dataclasses.asdict(self)).to_params().items():
-            if name in RECIPE_FIELDS:
-                setattr(self, name, value)
         for name in ("fps_images", "eval_batch_size"):
             check_positive_int(name, getattr(self, name))
         for name in ("fps_warmup", "mem_steps"):
@@ -150,19 +139,16 @@ class BenchmarkConfig:
         if self.eval_mode not in ("whole", "slide"):
             raise ConfigError(f"eval_mode={self.eval_mode!r}: use 'whole' or 'slide'")
 
-    @property
-    def training_recipe(self) -> Recipe:
-        """The resolved recipe this run trains with."""
-        return Recipe.from_params(self.to_dict())
-
     @classmethod
-    def from_params(cls, params: dict[str, Any]) -> BenchmarkConfig:
+    def from_params(cls, params: Mapping[str, Any]) -> BenchmarkConfig:
         """Build from a dict of notebook variables, ignoring names that are not parameters."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in params.items() if k in names})
+        get_spec(str(params.get("model", cls.model)))  # the model first: the valid names
+        names = set(_run_settings()) & set(params)
+        return cls(training_recipe=Recipe.from_params(params), **{k: params[k] for k in names})
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The notebook's parameters, resolved: the run's settings, ``recipe`` and its fields."""
+        return {k: getattr(self, k) for k in _run_settings()} | self.training_recipe.to_params()
 
     def write(self, run_dir: Path, data_root: Path) -> Path:
         """Write ``<run_dir>/config.yaml``: this config, with the data root it resolved to."""
@@ -170,6 +156,19 @@ class BenchmarkConfig:
         parameters = self.to_dict() | {"data_root": str(data_root)}
         return write_run_config(run_dir, self.training_recipe, parameters,
                                 rerun=RERUN_NOTEBOOK.format(path=path))
+
+
+def _run_settings() -> tuple[str, ...]:
+    """The parameters that are :class:`BenchmarkConfig`'s own fields (not the recipe's)."""
+    return tuple(f.name for f in dataclasses.fields(BenchmarkConfig) if f.name != "training_recipe")
+
+
+def parameter_defaults() -> dict[str, Any]:
+    """Every parameter of the notebook with its default, in the parameters cell's terms: the
+    recipe fields ``None`` (the named recipe's value)."""
+    own = {f.name: f.default for f in dataclasses.fields(BenchmarkConfig)}
+    del own["training_recipe"]
+    return own | {RECIPE_PARAMETER: DEFAULT_RECIPE} | dict.fromkeys(RECIPE_FIELDS)
 
 
 def read_benchmark_config(path: str | Path) -> BenchmarkConfig:

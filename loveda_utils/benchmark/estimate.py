@@ -39,42 +39,36 @@ from .profiles import Profile, get_profile
 
 @dataclass(frozen=True)
 class Timing:
-    """What the child process measured for one model."""
+    """What the child process measured for one model, under the names of :data:`COLUMNS`."""
 
-    seconds_per_step: float  # median over the steps after the first ones (warm-up)
-    seconds_per_tile: float  # one whole-tile forward + argmax at the eval tiles' size
-    eval_tiles: int
-    eval_precision: str  # what that forward ran in: "fp32" or the autocast dtype
     params_m: float
     gmacs: float  # one forward at 1 x 3 x flops_size x flops_size, as the record's gmacs
     gflops: float
     flops_size: int
-    peak_memory_gb: float | None
-    memory_source: str | None
+    s_per_iter: float  # median over the steps after the first ones (warm-up)
+    s_per_tile: float  # one whole-tile forward + argmax at the eval tiles' size
+    eval_tiles: int
+    eval_precision: str  # what that forward ran in: "fp32" or the autocast dtype
+    peak_mem_gb: float | None
+    mem_source: str | None
+
+    def projected_hours(self, recipe: Recipe, ms_flip: bool) -> dict[str, float]:
+        """Hours of the recipe's whole schedule and of the evaluation of every eval tile."""
+        # ms+flip costs one pass per scale and flip, in proportion to the scaled pixel count.
+        passes = 1 + (2 * sum(s * s for s in MS_FLIP_SCALES) if ms_flip else 0)
+        return {
+            "train_hours": self.s_per_iter * recipe.max_steps / 3600,
+            "eval_hours": self.s_per_tile * passes * self.eval_tiles / 3600,
+        }
 
 
-@dataclass(frozen=True, kw_only=True)
-class Estimate:
-    """One model's projected cost of a whole run (a row of :func:`estimate`'s table, in this
-    column order); the measured fields stay ``None`` when the model failed (``error``)."""
-
-    model: str
-    method: str
-    backbone: str
-    params_m: float | None = None
-    gmacs: float | None = None
-    gflops: float | None = None
-    flops_size: int | None = None
-    crop_size: int
-    batch_size: int
-    lr_schd: int
-    s_per_iter: float | None = None
-    train_hours: float | None = None
-    eval_hours: float | None = None
-    eval_precision: str | None = None
-    peak_mem_gb: float | None = None
-    mem_source: str | None = None
-    error: str | None = None
+#: The columns of :func:`estimate`'s table, in order: the model, the shape of its run (the
+#: recipe's crop, batch and schedule), then what one model's timing measured and projects.
+COLUMNS = (
+    "model", "method", "backbone", "params_m", "gmacs", "gflops", "flops_size",
+    "crop_size", "batch_size", "lr_schd",
+    "s_per_iter", "train_hours", "eval_hours", "eval_precision", "peak_mem_gb", "mem_source",
+)  # fmt: skip
 
 
 class StepTimer(L.Callback):
@@ -136,16 +130,16 @@ def _time_model(model: str, params: Mapping[str, Any], steps: int) -> Timing:
         per_tile = time.perf_counter() - start
     complexity = count_complexity(net, int(params.get("flops_size") or BenchmarkConfig.flops_size))
     return Timing(
-        seconds_per_step=sorted(warm)[len(warm) // 2],
-        seconds_per_tile=per_tile,
-        eval_tiles=len(datamodule.eval_data()),
-        eval_precision=str(dtype).removeprefix("torch.") if dtype is not None else "fp32",
         params_m=count_params(trained.task.model),
         gmacs=complexity.gmacs,
         gflops=complexity.gflops,
         flops_size=complexity.size,
-        peak_memory_gb=trained.peak_memory_gb,
-        memory_source=trained.memory_source,
+        s_per_iter=sorted(warm)[len(warm) // 2],
+        s_per_tile=per_tile,
+        eval_tiles=len(datamodule.eval_data()),
+        eval_precision=str(dtype).removeprefix("torch.") if dtype is not None else "fp32",
+        peak_mem_gb=trained.peak_memory_gb,
+        mem_source=trained.memory_source,
     )
 
 
@@ -171,8 +165,8 @@ def estimate(
     peak training memory. Models start from random weights unless ``overrides`` set
     ``pretrained`` (module docstring).
 
-    Returns a ``pandas.DataFrame``, one :class:`Estimate` per row (an ``error`` column when a
-    model failed).
+    Returns a ``pandas.DataFrame``, one model per row, :data:`COLUMNS` (and an ``error``
+    column, the measured cells empty, where a model failed).
     """
     import pandas as pd
 
@@ -196,22 +190,16 @@ def estimate(
         process.join()
         found = queue.get() if not queue.empty() else f"exit code {process.exitcode}"
         spec = get_spec(name)
-        row = Estimate(model=name, method=spec.method, backbone=spec.backbone,
-                       crop_size=recipe.crop_size, batch_size=recipe.batch_size,
-                       lr_schd=recipe.max_steps)
+        row: dict[str, Any] = {
+            "model": name, "method": spec.method, "backbone": spec.backbone,
+            "crop_size": recipe.crop_size, "batch_size": recipe.batch_size,
+            "lr_schd": recipe.max_steps,
+        }
         if isinstance(found, Timing):
-            # ms+flip costs one pass per scale and flip, in proportion to the scaled pixel count.
-            passes = 1 + (2 * sum(s * s for s in MS_FLIP_SCALES) if params.get("ms_flip") else 0)
-            row = dataclasses.replace(
-                row, params_m=found.params_m, gmacs=found.gmacs, gflops=found.gflops,
-                flops_size=found.flops_size, s_per_iter=found.seconds_per_step,
-                train_hours=found.seconds_per_step * recipe.max_steps / 3600,
-                eval_hours=found.seconds_per_tile * passes * found.eval_tiles / 3600,
-                eval_precision=found.eval_precision,
-                peak_mem_gb=found.peak_memory_gb, mem_source=found.memory_source,
-            )
+            ms_flip = bool(params.get("ms_flip"))
+            row |= dataclasses.asdict(found) | found.projected_hours(recipe, ms_flip)
         else:
-            row = dataclasses.replace(row, error=str(found))
-        rows.append(dataclasses.asdict(row))
-    frame = pd.DataFrame(rows, columns=[f.name for f in dataclasses.fields(Estimate)])
+            row["error"] = str(found)
+        rows.append(row)
+    frame = pd.DataFrame(rows, columns=[*COLUMNS, "error"])  # a model's missing cells: NaN
     return frame.drop(columns="error") if frame["error"].isna().all() else frame

@@ -115,7 +115,7 @@ class PreflightReport:
 
 def needs_gpu(run: Job) -> bool:
     """The run's recipe is meant for a GPU (:data:`GPU_RECIPES`)."""
-    return run.config.recipe in GPU_RECIPES
+    return run.config.training_recipe.name in GPU_RECIPES
 
 
 def _one_per_model(runs: Iterable[Job]) -> list[Job]:
@@ -152,7 +152,7 @@ class _EvalTiles:
 def check_data(runs: Sequence[Job], root: Path) -> tuple[list[Finding], _EvalTiles]:
     """One row per split the runs read; every release tile of its scenes must be there."""
     synthetic = is_synthetic(root)
-    gpu_recipes = sorted({r.config.recipe for r in runs if needs_gpu(r)})
+    gpu_recipes = sorted({r.config.training_recipe.name for r in runs if needs_gpu(r)})
     findings, tiles = [], _EvalTiles()
     invalid: dict[str, list[str]] = {}  # split -> scenes, where check_tree found problems
     for split, needed in sorted(_data_needs(runs).items(), key=lambda kv: SPLITS.index(kv[0])):
@@ -207,17 +207,18 @@ def check_weights(runs: Sequence[Job], profile: Profile | None = None) -> list[F
             rows.append((run, OK if present else REFUSED,
                          f"checkpoint {c.checkpoint}" + ("" if present else " does not exist")))
             continue
-        files = fetch.needed_files([run.model], c.pretrained or "none")
+        pretrained = c.training_recipe.pretrained
+        files = fetch.needed_files([run.model], pretrained or "none")
         reports = fetch.check(files)
         bad = [r for r in reports if not r.ok]
         if not files:
-            rows.append((run, OK, f"pretrained={c.pretrained!r}: no file needed"))
+            rows.append((run, OK, f"pretrained={pretrained!r}: no file needed"))
         elif not bad:
             labels = ", ".join(fetch.file_label(r.file) for r in reports)
-            rows.append((run, OK, f"{c.pretrained}: {labels} present"))
+            rows.append((run, OK, f"{pretrained}: {labels} present"))
         else:
-            missing.setdefault(None if c.pretrained == "default" else c.pretrained, []).append(run.model)
-            rows.append((run, REFUSED, f"{c.pretrained}: " + "; ".join(
+            missing.setdefault(None if pretrained == "default" else pretrained, []).append(run.model)
+            rows.append((run, REFUSED, f"{pretrained}: " + "; ".join(
                 f"{fetch.file_label(r.file)} {r.status}" for r in bad)))
     findings = []
     for run, status, detail in rows:
@@ -258,7 +259,7 @@ def check_devices(
     smallest of ``devices`` (the models share them, one per device). ``footprints``: the
     models' footprints with activations (a model missing from them is left out), computed
     here when not given."""
-    needing = sorted({r.config.recipe for r in runs if needs_gpu(r)})
+    needing = sorted({r.config.training_recipe.name for r in runs if needs_gpu(r)})
     if not devices:
         if not needing:
             return [Finding("gpu", "cuda", OK, "none visible: these recipes run on the CPU")]

@@ -342,7 +342,7 @@ class BenchmarkRun:
             "model": c.model,
             "method": spec.method,
             "backbone": spec.backbone,
-            "pretrained": getattr(model, "pretrained", c.pretrained),
+            "pretrained": getattr(model, "pretrained", c.training_recipe.pretrained),
             "normalization": getattr(model, "normalization", None),
             "crop_size": trained_as.crop_size,
             "lr_schd": trained_as.lr_schd,

@@ -16,7 +16,6 @@ folder meanwhile takes the next folder of each model (``-r2``, ...), never the s
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import subprocess
@@ -50,7 +49,7 @@ from ..results.store import (
 )
 from ..runtime import CORES_ENV, available_cores
 from ..training.recipe import Recipe
-from .config import BenchmarkConfig, absolute_paths
+from .config import BenchmarkConfig, absolute_paths, parameter_defaults
 from .profiles import Profile, get_profile, results_dir_for
 
 if TYPE_CHECKING:
@@ -72,12 +71,12 @@ SUITE_PARAMETERS = {
 
 def check_overrides(overrides: Mapping[str, Any] | None) -> dict[str, Any]:
     """``overrides`` (``run-suite --set``) when every key is a notebook parameter (a field of
-    :class:`~loveda_utils.benchmark.config.BenchmarkConfig`) that the suite does not set itself.
+    :func:`~loveda_utils.benchmark.config.parameter_defaults`) that the suite does not set itself.
 
     Raises:
         ConfigError: naming the key, with the valid ones.
     """
-    valid = [f.name for f in dataclasses.fields(BenchmarkConfig) if f.name not in SUITE_PARAMETERS]
+    valid = [name for name in parameter_defaults() if name not in SUITE_PARAMETERS]
     for key in overrides or {}:
         if key in SUITE_PARAMETERS:
             raise ConfigError(f"--set {key}: {SUITE_PARAMETERS[key]}")

@@ -105,9 +105,10 @@ def _compare_args(p: argparse.ArgumentParser) -> None:
 @command("compare", "paired bootstrap over the tiles two runs evaluated: mIoU and per-class "
          "IoU differences (B - A) with their intervals", _compare_args)
 def compare(args: argparse.Namespace) -> int:
+    from ..evaluation.bootstrap import BootstrapSettings
     from ..results.compare import compare_runs, format_comparison
 
-    comparison = compare_runs(args.run_a, args.run_b, ms_flip=args.ms_flip,
-                              resamples=args.resamples, seed=args.seed, level=args.level)
+    settings = BootstrapSettings(args.resamples, args.seed, args.level)  # a ConfigError names it
+    comparison = compare_runs(args.run_a, args.run_b, ms_flip=args.ms_flip, settings=settings)
     print(format_comparison(comparison))
     return 0

@@ -26,12 +26,14 @@ from typing import Any
 import numpy as np
 
 from ..data.classes import CLASS_NAMES
+from ..errors import ConfigError
 
 __all__ = [
     "BOOTSTRAP_LEVEL",
     "BOOTSTRAP_RESAMPLES",
     "BOOTSTRAP_SEED",
     "BootstrapSettings",
+    "DEFAULT_BOOTSTRAP",
     "ClassDifference",
     "PairedBootstrap",
     "bootstrap_miou_ci",
@@ -49,7 +51,12 @@ Interval = tuple[float, float]
 
 @dataclass(frozen=True)
 class BootstrapSettings:
-    """How an interval was drawn: ``resamples`` draws of the tiles, ``seed``, coverage ``level``."""
+    """How an interval is drawn: ``resamples`` draws of the tiles, ``seed``, coverage ``level``.
+
+    Every function here, and each one above them that reports an interval, takes one of these
+    (default :data:`DEFAULT_BOOTSTRAP`); bad values raise a :class:`~loveda_utils.errors.ConfigError`
+    naming the setting.
+    """
 
     resamples: int = BOOTSTRAP_RESAMPLES
     seed: int = BOOTSTRAP_SEED
@@ -57,11 +64,11 @@ class BootstrapSettings:
 
     def __post_init__(self) -> None:
         if not isinstance(self.resamples, int) or isinstance(self.resamples, bool) or self.resamples < 1:
-            raise ValueError(f"resamples must be a positive int, got {self.resamples!r}")
+            raise ConfigError(f"resamples must be a positive int, got {self.resamples!r}")
         if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
-            raise ValueError(f"seed must be a non-negative int, got {self.seed!r}")
+            raise ConfigError(f"seed must be a non-negative int, got {self.seed!r}")
         if not 0.0 < float(self.level) < 1.0:
-            raise ValueError(f"level must be in (0, 1), e.g. 0.95, got {self.level!r}")
+            raise ConfigError(f"level must be in (0, 1), e.g. 0.95, got {self.level!r}")
 
     def to_dict(self) -> dict[str, Any]:
         """The record's ``bootstrap`` field."""
@@ -72,6 +79,10 @@ class BootstrapSettings:
             "unit": "tile",
             "interval": "percentile",
         }
+
+
+#: The settings of every interval the package reports unless told otherwise.
+DEFAULT_BOOTSTRAP = BootstrapSettings()
 
 
 def _as_counts(confusion: Any, name: str = "confusion") -> np.ndarray:
@@ -140,38 +151,32 @@ def _pair(bounds: np.ndarray) -> Interval | None:
 
 
 def bootstrap_mious(
-    confusion: np.ndarray,
-    resamples: int = BOOTSTRAP_RESAMPLES,
-    seed: int = BOOTSTRAP_SEED,
+    confusion: np.ndarray, settings: BootstrapSettings = DEFAULT_BOOTSTRAP
 ) -> np.ndarray:
-    """The mIoU of each of ``resamples`` resamples of the tiles, ``[resamples]`` float64.
+    """The mIoU of each of ``settings.resamples`` resamples of the tiles, ``[resamples]`` float64.
 
     Args:
         confusion: per-tile matrices ``[N, C, C]`` (rows = ground truth), integer counts.
+        settings: the draws (its ``level`` is not used here).
     """
-    settings = BootstrapSettings(resamples, seed)
     counts = _as_counts(confusion)
     weights = _draw_weights(counts.shape[0], settings)
     return _nanmean(_resampled_ious(_tile_stats(counts), weights))
 
 
 def bootstrap_miou_ci(
-    confusion: np.ndarray,
-    resamples: int = BOOTSTRAP_RESAMPLES,
-    seed: int = BOOTSTRAP_SEED,
-    level: float = BOOTSTRAP_LEVEL,
+    confusion: np.ndarray, settings: BootstrapSettings = DEFAULT_BOOTSTRAP
 ) -> Interval:
-    """A ``level`` percentile bootstrap interval ``(low, high)`` of the mIoU over tiles.
+    """A ``settings.level`` percentile bootstrap interval ``(low, high)`` of the mIoU over tiles.
 
     Args:
         confusion: per-tile matrices ``[N, C, C]`` (rows = ground truth), integer counts.
-        resamples, seed, level: see :class:`BootstrapSettings`.
+        settings: how the resamples are drawn.
 
     Raises:
-        ValueError: on no tiles, non-integer or negative counts, or bad settings.
+        ValueError: on no tiles, or non-integer or negative counts.
     """
-    settings = BootstrapSettings(resamples, seed, level)
-    samples = bootstrap_mious(confusion, settings.resamples, settings.seed)
+    samples = bootstrap_mious(confusion, settings)
     interval = _pair(_interval(samples, settings.level))
     if interval is None:  # every resample without a single evaluated pixel
         raise ValueError("confusion holds no evaluated pixel: the mIoU is undefined")
@@ -220,9 +225,7 @@ def paired_bootstrap(
     conf_a: np.ndarray,
     conf_b: np.ndarray,
     class_names: Sequence[str] = CLASS_NAMES,
-    resamples: int = BOOTSTRAP_RESAMPLES,
-    seed: int = BOOTSTRAP_SEED,
-    level: float = BOOTSTRAP_LEVEL,
+    settings: BootstrapSettings = DEFAULT_BOOTSTRAP,
 ) -> PairedBootstrap:
     """Paired bootstrap of run B against run A: tile ``i`` of both is the same tile.
 
@@ -232,7 +235,6 @@ def paired_bootstrap(
     Raises:
         ValueError: if the two hold different numbers of tiles or classes, or no tile.
     """
-    settings = BootstrapSettings(resamples, seed, level)
     a, b = _as_counts(conf_a, "conf_a"), _as_counts(conf_b, "conf_b")
     if a.shape != b.shape:
         raise ValueError(

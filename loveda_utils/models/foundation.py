@@ -150,19 +150,24 @@ class SwinV2Encoder(nn.Module):
 class ViTEncoder(nn.Module):
     """A patch-16 ViT returning the token grids of ``out_indices`` as ``[B, D, H/16, W/16]``.
 
-    Subclasses set ``patch_embed``, ``cls_token``, ``blocks`` and implement :meth:`embed`.
+    It wraps the modules of a torchgeo ViT ``source`` (not copies: its weights load as they
+    are): ``patch_embed``, ``cls_token`` and ``blocks``, whose stochastic depth is set to
+    ``drop_path``. Subclasses take what else they need from ``source`` and implement
+    :meth:`embed`.
     """
 
     output_stride = _INPUT_DIVISOR
     unused_weights: tuple[str, ...] = ()
-    blocks: nn.ModuleList
-    cls_token: nn.Parameter
 
-    def __init__(self, embed_dim: int, out_indices: Sequence[int]) -> None:
+    def __init__(self, source: Any, out_indices: Sequence[int], drop_path: float) -> None:
         super().__init__()
-        self.embed_dim = embed_dim
+        self.embed_dim = int(source.embed_dim)
         self.out_indices = tuple(out_indices)
-        self.out_channels = (embed_dim,) * len(self.out_indices)
+        self.out_channels = (self.embed_dim,) * len(self.out_indices)
+        self.patch_embed = source.patch_embed
+        self.cls_token: nn.Parameter = source.cls_token
+        self.blocks: nn.ModuleList = source.blocks
+        _set_drop_path(self.blocks, drop_path)
 
     @property
     def num_layers(self) -> int:
@@ -225,12 +230,8 @@ class ScaleMAEEncoder(ViTEncoder):
     ) -> None:
         from torchgeo.models import scalemae_large_patch16
 
-        source: Any = vit if vit is not None else scalemae_large_patch16(weights=None)
-        super().__init__(int(source.embed_dim), out_indices)
-        self.patch_embed = source.patch_embed
-        self.cls_token = source.cls_token
-        self.blocks = source.blocks
-        _set_drop_path(self.blocks, drop_path)
+        super().__init__(vit if vit is not None else scalemae_large_patch16(weights=None),
+                         out_indices, drop_path)
         self.res = res
         self._pos_cache: dict[tuple[Any, ...], Tensor] = {}
 
@@ -267,12 +268,8 @@ class DOFAEncoder(ViTEncoder):
         from torchgeo.models import dofa_base_patch16_224
 
         source: Any = dofa if dofa is not None else dofa_base_patch16_224(weights=None)
-        super().__init__(int(source.embed_dim), out_indices)
-        self.patch_embed = source.patch_embed
-        self.cls_token = source.cls_token
+        super().__init__(source, out_indices, drop_path)
         self.pos_embed = source.pos_embed  # fixed (requires_grad=False) 224 px embedding
-        self.blocks = source.blocks
-        _set_drop_path(self.blocks, drop_path)
         # Not persistent: the weight files have no such tensor; the value is a build choice.
         self.register_buffer(
             "wavelengths", torch.tensor(tuple(wavelengths), dtype=torch.float32), persistent=False

@@ -138,13 +138,23 @@ def _smp(
     )  # fmt: skip
 
 
-def _tg(
-    name: str, method: str, backbone: str, encoder: str, weights: str, notes: str, tags: str
-) -> ModelSpec:
-    """A ``torchgeo`` entry: ``encoder`` is the weights' ``meta["model"]``, UPerNet head."""
+def _tg(name: str, backbone: str, encoder: str, weights: str, notes: str, tags: str) -> ModelSpec:
+    """A ``torchgeo`` entry: ``encoder`` is the weights' ``meta["model"]``; the head, and so
+    the method, is UPerNet."""
     return ModelSpec(
-        name, method, backbone, "torchgeo", "UPerNet", encoder, weights, notes=notes,
+        name, "UPerNet", backbone, "torchgeo", "UPerNet", encoder, weights, notes=notes,
         tags=frozenset(tags.split()),
+    )  # fmt: skip
+
+
+def _satlas_swin(name: str, size: str, weights: str, label: str, imagery: str) -> ModelSpec:
+    """A SatlasPretrain Swin-V2 entry: ``size`` "B" or "T", torchgeo's
+    ``Swin_V2_<size>_Weights.<weights>`` (``imagery``, as its docs describe it), the
+    backbone's 4 stages to UPerNet; ``label`` tells the row's pretraining apart in the table."""
+    return _tg(
+        name, f"Swin-V2-{size} (SatlasPretrain {label})", f"swin_v2_{size.lower()}",
+        f"Swin_V2_{size}_Weights.{weights}", f"SatlasPretrain {imagery}; 4 stages to UPerNet",
+        tags="eo mmseg",
     )  # fmt: skip
 
 
@@ -219,24 +229,19 @@ MODELS: dict[str, ModelSpec] = {spec.name: spec for spec in (
          "whole UNet from OAM-TCD tree cover (10 cm aerial RGB, CC-BY-NC-4.0 weights)",
          "Unet_Weights.OAM_RGB_RESNET50_TCD", tags="eo mmseg"),
     # Earth-observation foundation transformers (torchgeo builders + smp UPerNet decoder).
-    _tg("upernet_swin_v2_b_satlas_naip", "UPerNet", "Swin-V2-B (SatlasPretrain aerial)",
-        "swin_v2_b", "Swin_V2_B_Weights.NAIP_RGB_SI_SATLAS",
-        "SatlasPretrain NAIP aerial RGB, single image; 4 stages to UPerNet", tags="eo mmseg"),
-    _tg("upernet_swin_v2_b_satlas_naip_mi", "UPerNet", "Swin-V2-B (SatlasPretrain aerial MI)",
-        "swin_v2_b", "Swin_V2_B_Weights.NAIP_RGB_MI_SATLAS",
-        "SatlasPretrain NAIP aerial RGB, multi-image backbone used per image; UPerNet",
-        tags="eo mmseg"),
-    _tg("upernet_swin_v2_b_satlas_s2", "UPerNet", "Swin-V2-B (SatlasPretrain S2)",
-        "swin_v2_b", "Swin_V2_B_Weights.SENTINEL2_SI_RGB_SATLAS",
-        "SatlasPretrain Sentinel-2 RGB, single image; 4 stages to UPerNet", tags="eo mmseg"),
-    _tg("upernet_swin_v2_t_satlas_s2", "UPerNet", "Swin-V2-T (SatlasPretrain S2)",
-        "swin_v2_t", "Swin_V2_T_Weights.SENTINEL2_SI_RGB_SATLAS",
-        "SatlasPretrain Sentinel-2 RGB, single image; 4 stages to UPerNet", tags="eo mmseg"),
-    _tg("upernet_vit_l16_scalemae", "UPerNet", "ViT-L/16 (Scale-MAE fMoW)",
-        "vit_large_patch16", "ScaleMAELarge16_Weights.FMOW_RGB",
+    _satlas_swin("upernet_swin_v2_b_satlas_naip", "B", "NAIP_RGB_SI_SATLAS", "aerial",
+                 "NAIP aerial RGB, single image"),
+    _satlas_swin("upernet_swin_v2_b_satlas_naip_mi", "B", "NAIP_RGB_MI_SATLAS", "aerial MI",
+                 "NAIP aerial RGB, multi-image backbone used per image"),
+    _satlas_swin("upernet_swin_v2_b_satlas_s2", "B", "SENTINEL2_SI_RGB_SATLAS", "S2",
+                 "Sentinel-2 RGB, single image"),
+    _satlas_swin("upernet_swin_v2_t_satlas_s2", "T", "SENTINEL2_SI_RGB_SATLAS", "S2",
+                 "Sentinel-2 RGB, single image"),
+    _tg("upernet_vit_l16_scalemae", "ViT-L/16 (Scale-MAE fMoW)", "vit_large_patch16",
+        "ScaleMAELarge16_Weights.FMOW_RGB",
         "Scale-MAE fMoW RGB; blocks 7/11/15/23, Feature2Pyramid neck, UPerNet", tags="eo mmseg"),
-    _tg("upernet_vit_b16_dofa", "UPerNet", "ViT-B/16 (DOFA)",
-        "dofa_base_patch16_224", "DOFABase16_Weights.DOFA_MAE",
+    _tg("upernet_vit_b16_dofa", "ViT-B/16 (DOFA)", "dofa_base_patch16_224",
+        "DOFABase16_Weights.DOFA_MAE",
         "DOFA MAE, LoveDA RGB as Sentinel-2 B4/B3/B2 wavelengths; blocks 3/5/7/11, "
         "Feature2Pyramid neck, UPerNet", tags="eo mmseg"),
 )}

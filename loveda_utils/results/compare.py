@@ -14,9 +14,7 @@ from pathlib import Path
 
 from ..errors import ConfigError
 from ..evaluation.bootstrap import (
-    BOOTSTRAP_LEVEL,
-    BOOTSTRAP_RESAMPLES,
-    BOOTSTRAP_SEED,
+    DEFAULT_BOOTSTRAP,
     BootstrapSettings,
     PairedBootstrap,
     paired_bootstrap,
@@ -98,30 +96,21 @@ def compare_runs(
     run_b: str | os.PathLike[str],
     *,
     ms_flip: bool = False,
-    resamples: int = BOOTSTRAP_RESAMPLES,
-    seed: int = BOOTSTRAP_SEED,
-    level: float = BOOTSTRAP_LEVEL,
+    settings: BootstrapSettings = DEFAULT_BOOTSTRAP,
 ) -> RunComparison:
-    """Paired bootstrap of run B minus run A over their tiles (paired by name).
+    """Paired bootstrap of run B minus run A over their tiles (paired by name), drawn as
+    ``settings`` say.
 
     Raises:
-        ConfigError: on a missing folder or file, runs over different tiles, no scored pixel,
-            or bad bootstrap settings.
+        ConfigError: on a missing folder or file, runs over different tiles, or no scored pixel.
     """
-    try:
-        settings = BootstrapSettings(resamples, seed, level)
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from exc
     a_dir, b_dir = Path(run_a), Path(run_b)
     a, b = run_tiles(a_dir, ms_flip), run_tiles(b_dir, ms_flip)
     if not len(a):
         raise ConfigError(f"{a_dir / PER_TILE_FILE} holds no scored tile; nothing to compare")
     b = _aligned(a, b, a_dir, b_dir)
     try:
-        paired = paired_bootstrap(
-            a.confusion, b.confusion, a.class_names, settings.resamples, settings.seed,
-            settings.level,
-        )
+        paired = paired_bootstrap(a.confusion, b.confusion, a.class_names, settings)
     except ValueError as exc:
         raise ConfigError(f"{a_dir} vs {b_dir}: {exc}") from exc
     return RunComparison(a_dir, b_dir, ms_flip, paired)

@@ -13,11 +13,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 from itertools import combinations
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 
 from ..errors import ConfigError
+from ..evaluation.bootstrap import DEFAULT_BOOTSTRAP, BootstrapSettings
 from ..evaluation.per_tile import PER_TILE_FILE
 from .compare import compare_runs, run_tiles
 from .schema import Record
@@ -42,15 +42,16 @@ def _points(value: float) -> float:
 
 
 def paired_differences(
-    records: Iterable[Record], ms_flip: bool = False, **bootstrap: Any
+    records: Iterable[Record],
+    ms_flip: bool = False,
+    settings: BootstrapSettings = DEFAULT_BOOTSTRAP,
 ) -> pd.DataFrame:
     """Every pair of our real rows over the same tiles: mIoU difference and its interval.
 
     Args:
         records: loaded records (their ``_run_dir`` holds ``per_tile_confusion.npz``).
         ms_flip: compare the ms+flip matrices instead of the single-scale ones.
-        bootstrap: ``resamples``, ``seed``, ``level`` for
-            :func:`~loveda_utils.results.compare.compare_runs` (its defaults otherwise).
+        settings: how each pair's resamples are drawn.
 
     Returns:
         One row per pair (:data:`PAIR_COLUMNS`), the higher-ranked run as ``better`` and the
@@ -80,7 +81,7 @@ def paired_differences(
             unpaired.append(f"{label_a} / {label_b}: different tiles")
             continue
         # compare_runs gives B - A: the lower-ranked run as A, so the difference is better - other.
-        paired = compare_runs(b["_run_dir"], a["_run_dir"], ms_flip=ms_flip, **bootstrap).paired
+        paired = compare_runs(b["_run_dir"], a["_run_dir"], ms_flip=ms_flip, settings=settings).paired
         for label, record, miou in ((label_a, a, paired.miou_b), (label_b, b, paired.miou_a)):
             stated = record.get("miou_ms_flip" if ms_flip else "miou")
             if stated is not None and abs(stated - miou) > _SAME and label not in mismatched:

@@ -22,9 +22,7 @@ import numpy as np
 
 from ..data.classes import SCENES
 from ..evaluation.bootstrap import (
-    BOOTSTRAP_LEVEL,
-    BOOTSTRAP_RESAMPLES,
-    BOOTSTRAP_SEED,
+    DEFAULT_BOOTSTRAP,
     BootstrapSettings,
     bootstrap_miou_ci,
 )
@@ -52,19 +50,14 @@ def _interval(tiles: TileConfusions, settings: BootstrapSettings) -> list[float]
     """``[low, high]``, or None when no tile holds an evaluated pixel."""
     if not len(tiles) or int(tiles.confusion.sum()) == 0:
         return None
-    low, high = bootstrap_miou_ci(
-        tiles.confusion, settings.resamples, settings.seed, settings.level
-    )
+    low, high = bootstrap_miou_ci(tiles.confusion, settings)
     return [low, high]
 
 
 def uncertainty_fields(
     single: EvaluationResult,
     ms_flip: EvaluationResult | None = None,
-    *,
-    resamples: int = BOOTSTRAP_RESAMPLES,
-    seed: int = BOOTSTRAP_SEED,
-    level: float = BOOTSTRAP_LEVEL,
+    settings: BootstrapSettings = DEFAULT_BOOTSTRAP,
 ) -> dict[str, Any]:
     """The record's bootstrap fields for a run's evaluations.
 
@@ -78,7 +71,6 @@ def uncertainty_fields(
     Raises:
         ValueError: if a result's tiles do not add up to its confusion matrix.
     """
-    settings = BootstrapSettings(resamples, seed, level)
     tiles = _checked_tiles(single, "single")
     ms_tiles = None if ms_flip is None else _checked_tiles(ms_flip, "ms_flip")
     return {

@@ -10,40 +10,55 @@ from pathlib import Path
 import pytest
 import torch
 
-from loveda_utils.benchmark.config import BenchmarkConfig, read_benchmark_config
+from loveda_utils.benchmark.config import (
+    BenchmarkConfig,
+    parameter_defaults,
+    read_benchmark_config,
+)
 from loveda_utils.benchmark.profiles import PROFILES, Profile
 from loveda_utils.benchmark.run import BenchmarkRun
 from loveda_utils.benchmark.suite import plan
-from loveda_utils.errors import CheckpointError, ConfigError
+from loveda_utils.errors import CheckpointError, ConfigError, UnknownModelError
 from loveda_utils.training.recipe import MMSEG, QUICK, RECIPE_FIELDS, read_run_config
 
 MODEL = "lraspp_mobilenet_v3_large"
 
 
 def _recipe_values(config: BenchmarkConfig) -> dict:
-    return {name: getattr(config, name) for name in RECIPE_FIELDS}
+    return {name: getattr(config.training_recipe, name) for name in RECIPE_FIELDS}
 
 
 def test_config_defaults_are_the_mmseg_recipe() -> None:
     config = BenchmarkConfig(model=MODEL)
-    assert config.recipe == "mmseg" and config.training_recipe == MMSEG
+    assert config.to_dict()["recipe"] == "mmseg" and config.training_recipe == MMSEG
     assert _recipe_values(config) == {name: getattr(MMSEG, name) for name in RECIPE_FIELDS}
 
 
+def test_to_dict_gives_back_every_notebook_parameter() -> None:
+    config = BenchmarkConfig.from_params(dict(model=MODEL, recipe="quick", lr=0.5, seed=3))
+    params = config.to_dict()
+    assert list(params) == [*(k for k in params if k in parameter_defaults())]
+    assert set(params) == set(parameter_defaults())
+    assert params["lr"] == 0.5 and params["seed"] == 3 and params["recipe"] == "quick"
+    assert BenchmarkConfig.from_params(params) == config  # flat parameters, resolved, round trip
+    with pytest.raises(UnknownModelError, match="model='nope' is not in the registry"):
+        BenchmarkConfig.from_params(dict(model="nope", recipe="fast"))  # named before the recipe
+
+
 def test_config_resolves_a_named_recipe_with_overrides() -> None:
-    config = BenchmarkConfig(model=MODEL, recipe="quick", crop_size=64, lr=None)
+    config = BenchmarkConfig.from_params(dict(model=MODEL, recipe="quick", crop_size=64, lr=None))
     assert config.training_recipe == QUICK.replace(crop_size=64)
-    assert config.max_steps == QUICK.max_steps and config.optimizer == "adamw"
+    assert config.to_dict()["max_steps"] == QUICK.max_steps and config.to_dict()["optimizer"] == "adamw"
     with pytest.raises(ConfigError, match="recipe='fast': use one of mmseg, quick"):
-        BenchmarkConfig(model=MODEL, recipe="fast")
+        BenchmarkConfig.from_params(dict(model=MODEL, recipe="fast"))
     with pytest.raises(ConfigError, match="max_steps=0: must be a positive integer"):
-        BenchmarkConfig(model=MODEL, max_steps=0)
+        BenchmarkConfig.from_params(dict(model=MODEL, max_steps=0))
     with pytest.raises(ConfigError, match="fps_images=0: must be a positive integer"):
         BenchmarkConfig(model=MODEL, fps_images=0)
 
 
 def test_config_yaml_round_trip(tmp_path: Path) -> None:
-    config = BenchmarkConfig(model=MODEL, recipe="quick", crop_size=64, ms_flip=False, devices=2)
+    config = BenchmarkConfig.from_params(dict(model=MODEL, recipe="quick", crop_size=64, ms_flip=False, devices=2))
     path = config.write(tmp_path, data_root=Path("/data/LoveDA"))
     assert "papermill notebooks/03_benchmark.ipynb out.ipynb -f" in path.read_text()
     recipe, params = read_run_config(path)

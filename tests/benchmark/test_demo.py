@@ -83,8 +83,8 @@ def test_notebook_03_puts_a_synthetic_run_into_the_demo_folder(
     monkeypatch.setattr(run_module, "RESULTS_DIR", tmp_path / "results")
     real = write_tree(tmp_path / "LoveDA", splits=("Train", "Val"), n=1, size=64)
     for root, folder in ((tiny_mini, "demo"), (real, "results")):
-        config = BenchmarkConfig(model=MODEL, data_root=str(root), recipe="quick", crop_size=32,
-                                 num_workers=0)
+        config = BenchmarkConfig.from_params(dict(model=MODEL, data_root=str(root), recipe="quick", crop_size=32,
+                                 num_workers=0))
         run = BenchmarkRun(config).prepare()
         assert run.run_dir.parent == tmp_path / folder / "runs"
 

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 from tiny_runs import MODEL, TINY, run_03
 
-from loveda_utils.benchmark.config import BenchmarkConfig, read_benchmark_config
+from loveda_utils.benchmark.config import parameter_defaults, read_benchmark_config
 from loveda_utils.benchmark.estimate import estimate
 from loveda_utils.benchmark.profiles import Profile
 from loveda_utils.benchmark.suite import run_suite
@@ -93,7 +93,7 @@ def check_per_tile_file(record: dict, run_dir: Path, root: Path) -> np.ndarray:
     """The run's ``per_tile_confusion.npz`` against its record: the tiles' names, int64 counts
     that sum to the mIoUs the record states (exactly), and the record's intervals redrawn from
     the file. Returns the single-scale matrices."""
-    from loveda_utils.evaluation.bootstrap import bootstrap_miou_ci
+    from loveda_utils.evaluation.bootstrap import BootstrapSettings, bootstrap_miou_ci
     from loveda_utils.evaluation.metrics import scores_from_confusion
     from loveda_utils.evaluation.per_tile import PER_TILE_FILE, load_per_tile
 
@@ -111,7 +111,7 @@ def check_per_tile_file(record: dict, run_dir: Path, root: Path) -> np.ndarray:
     assert dict(scores.per_class_iou) == record["per_class_iou"]
     bootstrap = record["bootstrap"]
     assert bootstrap["resamples"] == 2000 and bootstrap["seed"] == 0 and bootstrap["level"] == 0.95
-    ci = list(bootstrap_miou_ci(saved.single.confusion, bootstrap["resamples"], bootstrap["seed"]))
+    ci = list(bootstrap_miou_ci(saved.single.confusion, BootstrapSettings(bootstrap["resamples"], bootstrap["seed"])))
     assert record["miou_ci"] == ci and ci[0] <= record["miou"] <= ci[1]
     for scene, value in record["per_scene_miou"].items():
         tiles = saved.single.scene(scene)
@@ -299,16 +299,15 @@ def test_estimate_covers_the_eo_transformers_without_their_weights(tiny_mini: Pa
 
 
 def test_notebook_parameters_match_the_config() -> None:
-    """The parameters cell lists every BenchmarkConfig field with the same default, and the
-    names DESIGN.md section 4 documents."""
+    """The parameters cell lists every parameter (BenchmarkConfig's own fields, ``recipe`` and
+    each recipe field) with the same default, and the names DESIGN.md section 4 documents."""
     import ast
 
     nb = nbformat.read(NOTEBOOKS_DIR / "03_benchmark.ipynb", as_version=4)
     (cell,) = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
     values = {node.targets[0].id: ast.literal_eval(node.value)
               for node in ast.parse(cell.source).body if isinstance(node, ast.Assign)}
-    defaults = {f.name: f.default for f in dataclasses.fields(BenchmarkConfig)}
-    assert values == defaults
+    assert values == parameter_defaults()
     documented = ("model data_root train_scenes eval_scenes eval_split pretrained checkpoint max_steps "
                   "batch_size crop_size lr ms_flip fps_images limit_eval_images seed accelerator devices "
                   "precision results_dir save_predictions run_name").split()

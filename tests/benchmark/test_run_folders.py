@@ -247,8 +247,8 @@ def test_a_child_started_with_the_claim_takes_it_over(tmp_path: Path, claimants)
 def test_the_notebook_refuses_a_run_name_a_live_run_holds(mini_loveda: Path, tmp_path: Path, claimants) -> None:
     holder = claimants()
     folder = Path(holder.call("claim", tmp_path, "grp", "mine")["ok"])
-    config = BenchmarkConfig(model=MODEL, data_root=str(mini_loveda), results_dir=str(tmp_path),
-                             run_name="mine", recipe="quick", crop_size=64, num_workers=0, progress=False)
+    config = BenchmarkConfig.from_params(dict(model=MODEL, data_root=str(mini_loveda), results_dir=str(tmp_path),
+                             run_name="mine", recipe="quick", crop_size=64, num_workers=0, progress=False))
     with pytest.raises(ConfigError, match=rf"in use by a live run \(pid {holder.pid} "):
         BenchmarkRun(config).prepare()
     assert sorted(p.name for p in folder.iterdir()) == [LOCK_FILE]  # nothing written into it
@@ -281,8 +281,8 @@ def test_the_notebook_never_follows_a_symlinked_run_folder(mini_loveda: Path, tm
     elsewhere.mkdir()
     (tmp_path / "results" / "runs").mkdir(parents=True)
     (tmp_path / "results" / "runs" / "x").symlink_to(elsewhere)
-    config = BenchmarkConfig(model=MODEL, data_root=str(mini_loveda), results_dir=str(tmp_path / "results"),
-                             run_name="x", recipe="quick", crop_size=64, num_workers=0, progress=False)
+    config = BenchmarkConfig.from_params(dict(model=MODEL, data_root=str(mini_loveda), results_dir=str(tmp_path / "results"),
+                             run_name="x", recipe="quick", crop_size=64, num_workers=0, progress=False))
     with pytest.raises(ConfigError, match="is a symbolic link"):
         BenchmarkRun(config).prepare()
     assert list(elsewhere.iterdir()) == []

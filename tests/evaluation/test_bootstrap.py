@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from loveda_utils.data.classes import CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES, raw_to_train
+from loveda_utils.errors import ConfigError
 from loveda_utils.evaluation.bootstrap import (
     BootstrapSettings,
     bootstrap_miou_ci,
@@ -67,13 +68,13 @@ def test_vectorised_bootstrap_equals_a_plain_loop() -> None:
     tiles[[0, 1, 2, 4, 5, 6, 7, 8], 5, :] = 0
     tiles[[0, 1, 2, 4, 5, 6, 7, 8], :, 5] = 0
     for resamples, seed, level in ((200, 0, 0.95), (57, 3, 0.8)):
-        got = bootstrap_miou_ci(tiles, resamples=resamples, seed=seed, level=level)
+        got = bootstrap_miou_ci(tiles, BootstrapSettings(resamples, seed, level))
         assert got == pytest.approx(loop_reference(tiles, resamples, seed, level), abs=1e-12)
 
 
 def test_vectorised_paired_bootstrap_equals_a_plain_loop() -> None:
     a, b = random_tiles(8, seed=1), random_tiles(8, seed=2)
-    result = paired_bootstrap(a, b, resamples=150, seed=4)
+    result = paired_bootstrap(a, b, settings=BootstrapSettings(150, 4))
     ci, per_class = loop_paired_reference(a, b, 150, 4, 0.95)
     assert result.ci == pytest.approx(tuple(ci), abs=1e-12)
     for c, name in enumerate(CLASS_NAMES):
@@ -89,23 +90,23 @@ def test_vectorised_paired_bootstrap_equals_a_plain_loop() -> None:
 
 def test_deterministic_given_the_seed() -> None:
     tiles = random_tiles(30)
-    first = bootstrap_miou_ci(tiles, resamples=300, seed=7)
-    assert bootstrap_miou_ci(tiles, resamples=300, seed=7) == first
-    assert bootstrap_miou_ci(tiles, resamples=300, seed=8) != first
-    assert np.array_equal(bootstrap_mious(tiles, 300, 7), bootstrap_mious(tiles, 300, 7))
-    narrow = bootstrap_miou_ci(tiles, resamples=300, seed=7, level=0.5)
+    first = bootstrap_miou_ci(tiles, BootstrapSettings(300, 7))
+    assert bootstrap_miou_ci(tiles, BootstrapSettings(300, 7)) == first
+    assert bootstrap_miou_ci(tiles, BootstrapSettings(300, 8)) != first
+    assert np.array_equal(bootstrap_mious(tiles, BootstrapSettings(300, 7)), bootstrap_mious(tiles, BootstrapSettings(300, 7)))
+    narrow = bootstrap_miou_ci(tiles, BootstrapSettings(300, 7, 0.5))
     assert first[0] < narrow[0] < narrow[1] < first[1]
 
 
 def test_one_tile_has_no_spread() -> None:
     tiles = random_tiles(1)
     miou = scores_from_confusion(tiles[0]).miou
-    assert bootstrap_miou_ci(tiles, resamples=50) == (miou, miou)
+    assert bootstrap_miou_ci(tiles, BootstrapSettings(50)) == (miou, miou)
 
 
 def test_identical_runs_differ_by_exactly_zero() -> None:
     tiles = random_tiles(40)
-    result = paired_bootstrap(tiles, tiles.copy(), resamples=500)
+    result = paired_bootstrap(tiles, tiles.copy(), settings=BootstrapSettings(500))
     assert result.difference == 0.0 and result.ci == (0.0, 0.0)
     assert not result.significant
     for diff in result.per_class.values():
@@ -122,10 +123,10 @@ def test_a_run_better_on_every_tile_is_significant() -> None:
         t, p = wrong[0]
         tile[t, p] -= 5
         tile[t, t] += 5
-    result = paired_bootstrap(a, b, resamples=500)
+    result = paired_bootstrap(a, b, settings=BootstrapSettings(500))
     assert result.difference > 0 and result.ci[0] > 0 and result.significant
     assert all(d.ci is None or d.ci[0] >= 0 for d in result.per_class.values())
-    worse = paired_bootstrap(b, a, resamples=500)  # the other way round: B - A < 0
+    worse = paired_bootstrap(b, a, settings=BootstrapSettings(500))  # the other way round: B - A < 0
     assert worse.ci[1] < 0 and worse.significant
     assert worse.difference == pytest.approx(-result.difference, abs=1e-15)
 
@@ -171,10 +172,12 @@ def test_bad_input_is_refused() -> None:
         bootstrap_miou_ci(random_tiles(3)[0])
     with pytest.raises(ValueError, match="no evaluated pixel"):
         bootstrap_miou_ci(np.zeros((3, C, C), dtype=np.int64))
-    with pytest.raises(ValueError, match="level must be in"):
-        bootstrap_miou_ci(random_tiles(3), level=95)
-    with pytest.raises(ValueError, match="resamples must be"):
-        bootstrap_miou_ci(random_tiles(3), resamples=0)
+    with pytest.raises(ConfigError, match="level must be in"):
+        BootstrapSettings(level=95)
+    with pytest.raises(ConfigError, match="resamples must be"):
+        BootstrapSettings(resamples=0)
+    with pytest.raises(ConfigError, match="seed must be"):
+        BootstrapSettings(seed=-1)
 
 
 def test_settings_as_recorded() -> None:

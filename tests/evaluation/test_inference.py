@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from torch import nn
+from pixel_net import PixelNet
 from torch.utils.data import DataLoader, Dataset
 
 from loveda_utils.data.classes import NUM_CLASSES, raw_to_train
@@ -28,24 +28,6 @@ from loveda_utils.evaluation.metrics import ConfusionMatrix, scores_from_confusi
 TILE = 64
 
 
-class PixelNet(nn.Module):
-    """A 1x1 conv of image/255: each output pixel depends on its own input pixel only, so it
-    is flip-equivariant and sliding windows cannot change it."""
-
-    def __init__(self, seed: int = 0) -> None:
-        super().__init__()
-        g = torch.Generator().manual_seed(seed)
-        self.conv = nn.Conv2d(3, NUM_CLASSES, 1)
-        with torch.no_grad():
-            self.conv.weight.copy_(torch.randn(self.conv.weight.shape, generator=g) * 4)
-            self.conv.bias.copy_(torch.randn(self.conv.bias.shape, generator=g))
-        self.calls: list[tuple[int, ...]] = []
-        self.autocast: list[bool] = []
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        self.calls.append(tuple(images.shape))
-        self.autocast.append(torch.is_autocast_enabled(images.device.type))
-        return self.conv(images.float() / 255)
 
 
 class ColumnNet(PixelNet):

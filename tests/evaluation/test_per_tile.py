@@ -11,6 +11,7 @@ import pytest
 import torch
 from conftest import write_tree
 from PIL import Image
+from pixel_net import PixelNet
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -26,21 +27,6 @@ from loveda_utils.evaluation.per_tile import (
     load_per_tile,
     save_per_tile,
 )
-
-
-class ColourNet(nn.Module):
-    """A fixed 1x1 conv of image/255: a deterministic, imperfect segmentation."""
-
-    def __init__(self, seed: int = 0) -> None:
-        super().__init__()
-        g = torch.Generator().manual_seed(seed)
-        self.conv = nn.Conv2d(3, NUM_CLASSES, 1)
-        with torch.no_grad():
-            self.conv.weight.copy_(torch.randn(self.conv.weight.shape, generator=g) * 4)
-            self.conv.bias.copy_(torch.randn(self.conv.bias.shape, generator=g))
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.conv(images.float() / 255)
 
 
 def tile_matrix(model: nn.Module, dataset: LoveDASegmentation, index: int) -> np.ndarray:
@@ -83,7 +69,7 @@ def tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_generated_tiles_add_up_to_the_evaluation(tree: Path) -> None:
     dataset = LoveDASegmentation(tree, "val", "both")
-    model = ColourNet()
+    model = PixelNet()
     # Batches of 4 over 3 Urban + 3 Rural tiles: the second batch mixes the scenes.
     result = evaluate(model, DataLoader(dataset, batch_size=4, collate_fn=collate))
     check_tiles_add_up(result, dataset)
@@ -94,7 +80,7 @@ def test_generated_tiles_add_up_to_the_evaluation(tree: Path) -> None:
 
 def test_real_tiles_add_up_to_the_evaluation(real_sample: Path) -> None:
     dataset = LoveDASegmentation(real_sample, "train", "rural")
-    model = ColourNet(seed=1)
+    model = PixelNet(seed=1)
     result = evaluate(model, DataLoader(dataset, batch_size=4, collate_fn=collate))
     check_tiles_add_up(result, dataset)
     assert result.tiles.names[0].startswith("Train/Rural/")
@@ -106,10 +92,10 @@ def test_real_tiles_add_up_to_the_evaluation(real_sample: Path) -> None:
 
 def test_limit_images_and_unscored_tiles(tree: Path) -> None:
     dataset = LoveDASegmentation(tree, "val", "both")
-    cut = evaluate(ColourNet(), DataLoader(dataset, batch_size=4, collate_fn=collate),
+    cut = evaluate(PixelNet(), DataLoader(dataset, batch_size=4, collate_fn=collate),
                    limit_images=5)
     assert len(cut.tiles) == 5 and np.array_equal(cut.tiles.total(), cut.confusion.numpy())
-    test = evaluate(ColourNet(), DataLoader(LoveDASegmentation(tree, "test", "both"), batch_size=2))
+    test = evaluate(PixelNet(), DataLoader(LoveDASegmentation(tree, "test", "both"), batch_size=2))
     assert len(test.tiles) == 0 and test.tiles.confusion.shape == (0, NUM_CLASSES, NUM_CLASSES)
 
 
@@ -165,8 +151,8 @@ def test_tile_confusions_refuse_inconsistent_input() -> None:
 
 def test_save_and_load_round_trip(tree: Path, tmp_path: Path) -> None:
     loader = DataLoader(LoveDASegmentation(tree, "val", "both"), batch_size=4, collate_fn=collate)
-    single = evaluate(ColourNet(), loader)
-    ms = evaluate(ColourNet(), loader, ms_flip=True, scales=(0.5, 1.0))
+    single = evaluate(PixelNet(), loader)
+    ms = evaluate(PixelNet(), loader, ms_flip=True, scales=(0.5, 1.0))
     path = save_per_tile(tmp_path / PER_TILE_FILE, single.tiles, ms.tiles)
     assert [p.name for p in tmp_path.iterdir()] == [PER_TILE_FILE]  # no temp file left
 

@@ -24,6 +24,22 @@ from conftest import REAL_SAMPLE
 from parity.mmseg_draws import NumpyDraws
 
 REQUIREMENTS = Path(__file__).with_name("requirements-mmseg.txt")
+#: MMSeg's LoveDA dataset config, the one its LoveDA rows are trained and tested with.
+LOVEDA_CONFIG = "_base_/datasets/loveda.py"
+#: mmcv-lite's notice that it has no compiled attention op, and MMSeg's own deprecation notice
+#: for the ``reduce_zero_label`` its LoveDA config sets: expected, not findings.
+MMSEG_NOTICES = pytest.mark.filterwarnings(
+    "ignore:Fail to import ``MultiScaleDeformableAttention``:UserWarning",
+    "ignore:`reduce_zero_label` will be deprecated:UserWarning",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """MMSeg's expected notices are filtered for every test of this folder (and only those)."""
+    here = Path(__file__).parent
+    for item in items:
+        if item.path.parent == here:
+            item.add_marker(MMSEG_NOTICES)
 
 
 def _missing(reason: str) -> None:
@@ -68,6 +84,10 @@ class Reference:
         from mmengine.config import Config
 
         return Config.fromfile(str(self.configs / relative))
+
+    def loveda(self) -> Any:
+        """MMSeg's LoveDA dataset config (:data:`LOVEDA_CONFIG`): pipelines and evaluator."""
+        return self.config(LOVEDA_CONFIG)
 
     def build(self, cfg: dict) -> Any:
         """A transform from an MMSeg config dict, through MMSeg's registry (as its runner does)."""

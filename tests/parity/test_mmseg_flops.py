@@ -18,11 +18,6 @@ import torch
 from loveda_utils.benchmark.measure import count_complexity
 from loveda_utils.models import build_model
 
-#: mmcv-lite's notice that it has no compiled attention op: expected, not a finding.
-pytestmark = pytest.mark.filterwarnings(
-    "ignore:Fail to import ``MultiScaleDeformableAttention``:UserWarning",
-)
-
 SIZE = 64
 
 

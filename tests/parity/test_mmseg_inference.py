@@ -20,15 +20,6 @@ from loveda_utils.data.classes import NUM_CLASSES
 from loveda_utils.data.dataset import LoveDASegmentation
 from loveda_utils.evaluation.inference import MS_FLIP_SCALES, predict_ms_flip, predict_slide
 
-#: mmcv-lite's notice that it has no compiled attention op, and MMSeg's own deprecation notice for
-#: the ``reduce_zero_label`` its LoveDA config sets: expected, not findings.
-pytestmark = pytest.mark.filterwarnings(
-    "ignore:Fail to import ``MultiScaleDeformableAttention``:UserWarning",
-    "ignore:`reduce_zero_label` will be deprecated:UserWarning",
-)
-
-LOVEDA = "_base_/datasets/loveda.py"
-
 
 class TinyNet(nn.Module):
     """A seeded 3x3 convolution over 0..255 images: logits that vary with the pixels."""
@@ -92,7 +83,7 @@ def test_mmseg_tta_images_and_merge(mmseg_ref, loveda_tiles) -> None:
     with torch.no_grad():
         probs = predict_ms_flip(net, image, MS_FLIP_SCALES, flip=True)
 
-    cfg = mmseg_ref.config(LOVEDA).tta_pipeline
+    cfg = mmseg_ref.loveda().tta_pipeline
     assert [t.scale_factor for t in cfg[1].transforms[0]] == list(MS_FLIP_SCALES)
     load, tta = mmseg_ref.build(cfg[0]), mmseg_ref.build(cfg[1])
     path = str(dataset.files[1]["image"])

@@ -26,15 +26,6 @@ from loveda_utils.data.dataset import LoveDASegmentation
 from loveda_utils.data.transforms import eval_transforms
 from loveda_utils.evaluation.inference import evaluate, prediction_path
 
-#: mmcv-lite's notice that it has no compiled attention op, and MMSeg's own deprecation notice for
-#: the ``reduce_zero_label`` its LoveDA config sets: expected, not findings.
-pytestmark = pytest.mark.filterwarnings(
-    "ignore:Fail to import ``MultiScaleDeformableAttention``:UserWarning",
-    "ignore:`reduce_zero_label` will be deprecated:UserWarning",
-)
-
-LOVEDA = "_base_/datasets/loveda.py"
-
 
 class TinyNet(nn.Module):
     """A seeded 5x5 convolution: predictions of every class, in patches, at no cost."""
@@ -52,7 +43,7 @@ def mmseg_scores(ref, dataset: LoveDASegmentation, predictions: Path, scene: str
     """MMSeg's IoUMetric over the saved predictions of ``dataset`` (one ``scene``, or all)."""
     from mmseg.evaluation import IoUMetric
 
-    metric = ref.build_metric(ref.config(LOVEDA).val_evaluator)
+    metric = ref.build_metric(ref.loveda().val_evaluator)
     assert isinstance(metric, IoUMetric)
     metric.dataset_meta = {"classes": CLASS_NAMES}
     load = ref.build({"type": "LoadAnnotations", "reduce_zero_label": True})

@@ -33,14 +33,6 @@ from loveda_utils.data.transforms import (
     train_transforms,
 )
 
-#: mmcv-lite's notice that it has no compiled attention op, and MMSeg's own deprecation notice for
-#: the ``reduce_zero_label`` its LoveDA config sets: expected, not findings.
-pytestmark = pytest.mark.filterwarnings(
-    "ignore:Fail to import ``MultiScaleDeformableAttention``:UserWarning",
-    "ignore:`reduce_zero_label` will be deprecated:UserWarning",
-)
-
-LOVEDA = "_base_/datasets/loveda.py"
 DEEPLAB = "deeplabv3plus/deeplabv3plus_r50-d8_4xb4-80k_loveda-512x512.py"
 #: MMSeg's OpenCV arithmetic is replicated bit for bit where the CPU vectorises it; elsewhere
 #: (see hsv_to_rgb_cv2) at most a grey level apart, on a small share of the pixels.
@@ -83,7 +75,7 @@ def assert_within_one_grey_level(a: torch.Tensor, b: torch.Tensor, exact_share: 
 
 
 def train_step(ref, index: int, **changes):
-    cfg = copy.deepcopy(ref.config(LOVEDA).train_pipeline[index])
+    cfg = copy.deepcopy(ref.loveda().train_pipeline[index])
     cfg.update(changes)
     return ref.build(cfg)
 
@@ -291,7 +283,7 @@ def mmseg_train(ref, image_path: Path, crop: int) -> dict:
     from mmcv.transforms import Compose
     from mmseg.registry import MODELS
 
-    pipeline_cfg = copy.deepcopy(ref.config(LOVEDA).train_pipeline)
+    pipeline_cfg = copy.deepcopy(ref.loveda().train_pipeline)
     pipeline_cfg[2]["scale"] = (4 * crop, crop)
     pipeline_cfg[3]["crop_size"] = (crop, crop)
     pipeline = Compose([ref.build(c) for c in pipeline_cfg])
@@ -336,7 +328,7 @@ def test_mmseg_train_pipeline_on_generated_tiles(mmseg_ref, numpy_draws, generat
 def test_mmseg_test_pipeline_on_real_tiles(mmseg_ref, real_tiles) -> None:
     from mmcv.transforms import Compose
 
-    pipeline = Compose([mmseg_ref.build(c) for c in mmseg_ref.config(LOVEDA).test_pipeline[:-1]])
+    pipeline = Compose([mmseg_ref.build(c) for c in mmseg_ref.loveda().test_pipeline[:-1]])
     ours_eval = LoveDASegmentation(real_tiles.root, "train", "rural", eval_transforms())
     for index in range(3):
         path = ours_eval.files[index]["image"]

@@ -16,7 +16,7 @@ from conftest import REPO
 from loveda_utils.cli import main as cli
 from loveda_utils.data.classes import CLASS_NAMES, NUM_CLASSES
 from loveda_utils.errors import ConfigError
-from loveda_utils.evaluation.bootstrap import paired_bootstrap
+from loveda_utils.evaluation.bootstrap import BootstrapSettings, paired_bootstrap
 from loveda_utils.evaluation.per_tile import PER_TILE_FILE, TileConfusions, save_per_tile
 from loveda_utils.results.compare import compare_runs, format_comparison
 
@@ -69,8 +69,8 @@ def test_a_better_run_is_paired_by_tile_name(tmp_path: Path, capsys) -> None:
     shuffled = b_tiles.select(np.random.default_rng(0).permutation(30))  # another tile order
     a = run_folder(tmp_path, "a", a_tiles)
     b = run_folder(tmp_path, "b", shuffled)
-    comparison = compare_runs(a, b, resamples=400, seed=2)
-    expected = paired_bootstrap(a_tiles.confusion, b_tiles.confusion, resamples=400, seed=2)
+    comparison = compare_runs(a, b, settings=BootstrapSettings(400, 2))
+    expected = paired_bootstrap(a_tiles.confusion, b_tiles.confusion, settings=BootstrapSettings(400, 2))
     assert comparison.paired.ci == expected.ci  # B was put back in A's order before pairing
     assert comparison.paired.difference == expected.difference
     assert comparison.paired.significant and comparison.paired.ci[0] > 0
@@ -88,8 +88,8 @@ def test_ms_flip_matrices_compare_with_the_flag(tmp_path: Path, capsys) -> None:
     tiles = tiles_of(10, seed=3)
     a = run_folder(tmp_path, "a", tiles, ms=tiles)
     b = run_folder(tmp_path, "b", tiles, ms=improved(tiles))
-    assert compare_runs(a, b, resamples=100).paired.difference == 0.0
-    ms = compare_runs(a, b, ms_flip=True, resamples=100)
+    assert compare_runs(a, b, settings=BootstrapSettings(100)).paired.difference == 0.0
+    ms = compare_runs(a, b, ms_flip=True, settings=BootstrapSettings(100))
     assert ms.ms_flip and ms.paired.difference > 0
     assert cli(["compare", str(a), str(b), "--ms-flip", "--resamples", "100"]) == 0
     assert capsys.readouterr().out.startswith("ms+flip mIoU, B - A")

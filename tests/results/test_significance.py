@@ -21,6 +21,7 @@ from record_factory import (
 )
 
 from loveda_utils.data.classes import CLASS_NAMES
+from loveda_utils.evaluation.bootstrap import BootstrapSettings
 from loveda_utils.results.significance import paired_differences, paired_differences_markdown
 from loveda_utils.results.store import load_records
 
@@ -67,7 +68,7 @@ def results(tmp_path: Path) -> Path:
 def test_paired_differences_of_every_pair_over_the_same_tiles(results: Path) -> None:
     records, problems = load_records(results)
     assert not problems
-    df = paired_differences(records, resamples=500)
+    df = paired_differences(records, settings=BootstrapSettings(500))
     assert len(df) == 3  # DeepLab, PSPNet, SegFormer pairwise; FCN, UNet and synthetic out
     assert list(df["difference"]) == sorted(df["difference"], reverse=True)
     assert (df["difference"] > 0).all()  # the higher-ranked row first
@@ -97,7 +98,7 @@ def test_a_per_tile_file_that_disagrees_with_its_record_is_named(results: Path) 
     for record in records:
         if record["model"] == PSPNET[0]:
             record["miou"] += 0.01  # as if the file came from another evaluation
-    df = paired_differences(records, resamples=200)
+    df = paired_differences(records, settings=BootstrapSettings(200))
     assert [m for m in df.attrs["mismatched"] if m.startswith("PSPNet R-101: its per_tile")]
     assert "**check**: PSPNet R-101" in paired_differences_markdown(df)
 

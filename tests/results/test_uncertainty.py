@@ -11,49 +11,35 @@ import numpy as np
 import pytest
 import torch
 from conftest import write_tree
-from torch import nn
+from pixel_net import PixelNet
 from torch.utils.data import DataLoader
 
-from loveda_utils.data.classes import NUM_CLASSES
 from loveda_utils.data.datamodule import collate
 from loveda_utils.data.dataset import LoveDASegmentation
-from loveda_utils.evaluation.bootstrap import bootstrap_miou_ci
+from loveda_utils.evaluation.bootstrap import BootstrapSettings, bootstrap_miou_ci
 from loveda_utils.evaluation.inference import EvaluationResult, evaluate
 from loveda_utils.evaluation.per_tile import PER_TILE_FILE, load_per_tile
 from loveda_utils.files import json_ready
 from loveda_utils.results.uncertainty import SCENE_KEYS, save_run_tiles, uncertainty_fields
 
 
-class ColourNet(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        g = torch.Generator().manual_seed(0)
-        self.conv = nn.Conv2d(3, NUM_CLASSES, 1)
-        with torch.no_grad():
-            self.conv.weight.copy_(torch.randn(self.conv.weight.shape, generator=g) * 4)
-            self.conv.bias.copy_(torch.randn(self.conv.bias.shape, generator=g))
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.conv(images.float() / 255)
-
-
 @pytest.fixture(scope="module")
 def results(tmp_path_factory: pytest.TempPathFactory) -> tuple[EvaluationResult, EvaluationResult]:
     root = write_tree(tmp_path_factory.mktemp("unc") / "loveda", splits=("Val",), n=4)
     loader = DataLoader(LoveDASegmentation(root, "val", "both"), batch_size=3, collate_fn=collate)
-    model = ColourNet()
+    model = PixelNet()
     return evaluate(model, loader), evaluate(model, loader, ms_flip=True, scales=(0.75, 1.0))
 
 
 def test_fields_state_intervals_and_settings(results) -> None:
     single, ms = results
-    fields = uncertainty_fields(single, ms, resamples=300, seed=3)
+    fields = uncertainty_fields(single, ms, BootstrapSettings(300, 3))
     assert set(fields) == {"miou_ci", "miou_ms_flip_ci", "per_scene_miou_ci", "bootstrap"}
-    assert fields["miou_ci"] == list(bootstrap_miou_ci(single.tiles.confusion, 300, 3))
-    assert fields["miou_ms_flip_ci"] == list(bootstrap_miou_ci(ms.tiles.confusion, 300, 3))
+    assert fields["miou_ci"] == list(bootstrap_miou_ci(single.tiles.confusion, BootstrapSettings(300, 3)))
+    assert fields["miou_ms_flip_ci"] == list(bootstrap_miou_ci(ms.tiles.confusion, BootstrapSettings(300, 3)))
     assert list(fields["per_scene_miou_ci"]) == list(SCENE_KEYS) == ["urban", "rural"]
     for scene, ci in fields["per_scene_miou_ci"].items():
-        assert ci == list(bootstrap_miou_ci(single.tiles.scene(scene).confusion, 300, 3))
+        assert ci == list(bootstrap_miou_ci(single.tiles.scene(scene).confusion, BootstrapSettings(300, 3)))
     assert fields["bootstrap"] == {"resamples": 300, "seed": 3, "level": 0.95, "unit": "tile",
                                    "interval": "percentile"}
     assert json.loads(json.dumps(json_ready(fields))) == fields  # plain JSON values
@@ -72,7 +58,7 @@ def test_a_scene_not_evaluated_has_no_interval(results) -> None:
         single, tiles=urban, confusion=torch.from_numpy(urban.total()),
         per_scene_confusion={"urban": torch.from_numpy(urban.total())},
     )
-    fields = uncertainty_fields(only_urban, resamples=100)
+    fields = uncertainty_fields(only_urban, settings=BootstrapSettings(100))
     assert fields["per_scene_miou_ci"]["rural"] is None
     assert fields["per_scene_miou_ci"]["urban"] == fields["miou_ci"]
 

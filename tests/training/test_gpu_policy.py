@@ -110,9 +110,9 @@ def test_preparing_and_setting_up_training_leave_cuda_uninitialised(
 ) -> None:
     calls = _gpus(monkeypatch)
     probes = _capability_probe(monkeypatch, "9 0")
-    config = BenchmarkConfig(model=MODEL, data_root=str(write_tree(tmp_path / "loveda")),
+    config = BenchmarkConfig.from_params(dict(model=MODEL, data_root=str(write_tree(tmp_path / "loveda")),
                              recipe="quick", max_steps=2, batch_size=2, crop_size=32,
-                             num_workers=0, results_dir=str(tmp_path / "results"), progress=False)
+                             num_workers=0, results_dir=str(tmp_path / "results"), progress=False))
     run = BenchmarkRun(config).prepare()
     assert calls == [], f"prepare() initialised CUDA: {calls}"
     assert run.device == torch.device("cuda", 0)

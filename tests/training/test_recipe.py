@@ -140,7 +140,7 @@ def test_fidelity_is_a_recipe_field_the_training_pipeline_follows(tmp_path: Path
     assert fidelities(MMSEG) == {"mmseg"}
     assert fidelities(MMSEG.replace(fidelity="fast")) == {"fast"}
     assert _settings("--model", "unet_resnet18", "--fidelity", "fast")[0] == MMSEG.replace(fidelity="fast")
-    config = BenchmarkConfig(model="unet_resnet18", fidelity="fast")
+    config = BenchmarkConfig.from_params(dict(model="unet_resnet18", fidelity="fast"))
     assert config.training_recipe.fidelity == "fast" and config.to_dict()["fidelity"] == "fast"
     assert BenchmarkConfig(model="unet_resnet18").to_dict()["fidelity"] == "mmseg"
     written = write_run_config(tmp_path, config.training_recipe, {"model": "unet_resnet18"},
