@@ -15,7 +15,7 @@ is then 1):
 3. ``fps``: each model at ``--fps-size`` px by MMSeg's definition and under our settings
    (``loveda_utils/benchmark/measure.py``).
 4. ``eval``: the evaluation path (PNG files to the confusion matrix through
-   :func:`loveda_utils.evaluation.inference.evaluate`) against the forward pass alone, the
+   :func:`loveda_utils.evaluation.loop.evaluate`) against the forward pass alone, the
    ceiling (``benchmarks/pipeline/ceiling.py``), on ``--tiles`` tiles of ``--fps-size`` px,
    interleaved over ``--rounds``.
 5. ``loader``: samples/s of the training loader with the default workers against the samples/s

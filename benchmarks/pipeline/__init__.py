@@ -8,7 +8,7 @@ Measured side by side in one run, on the same model, tiles and resolution (one m
    :class:`~loveda_utils.data.datamodule.LoveDADataModule`'s ``val_dataloader`` (PNG decode: in
    bursts on every core between forward passes without workers
    (:class:`~loveda_utils.data.datamodule.ReadAhead`), else in its workers; uint8) and
-   :func:`~loveda_utils.evaluation.inference.evaluate` (transfer, normalisation on the device,
+   :func:`~loveda_utils.evaluation.loop.evaluate` (transfer, normalisation on the device,
    forward, argmax, one ``bincount`` per batch). Beside the ratio: what our path adds per tile,
    and the decode and count time per tile it cannot avoid, measured in the same run.
 3. :mod:`.versus_torchgeo`: torchgeo's own path on the same tiles and the same smp UNet weights:

@@ -16,7 +16,8 @@ from torch import nn
 
 from loveda_utils.data.datamodule import LoveDADataModule
 from loveda_utils.data.dataset import LoveDASegmentation
-from loveda_utils.evaluation.inference import evaluate, labels_from_logits
+from loveda_utils.evaluation.inference import labels_from_logits
+from loveda_utils.evaluation.loop import evaluate
 from loveda_utils.evaluation.metrics import PerSceneConfusion
 from loveda_utils.runtime import synchronize
 

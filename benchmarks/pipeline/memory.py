@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from loveda_utils.data.datamodule import LoveDADataModule
-from loveda_utils.evaluation.inference import evaluate
+from loveda_utils.evaluation.loop import evaluate
 from loveda_utils.models import build_model
 from loveda_utils.paths import PROJECT_ROOT
 from loveda_utils.runtime import GB, peak_rss_gb, reset_peak_rss, rss_gb

@@ -92,7 +92,7 @@ def evaluation_settings(
 ) -> tuple[torch.dtype | None, bool]:
     """(autocast dtype or ``None``, channels-last) of a run's evaluation with ``params`` on
     ``device``: what :meth:`~loveda_utils.benchmark.run.BenchmarkRun.evaluate` passes to
-    :func:`~loveda_utils.evaluation.inference.evaluate` (``eval_amp``, default fp32 on every
+    :func:`~loveda_utils.evaluation.loop.evaluate` (``eval_amp``, default fp32 on every
     device, and ``channels_last``, default the runtime's choice for that precision)."""
     dtype = amp_dtype(device, bool(params.get("eval_amp", BenchmarkConfig.eval_amp)))
     channels_last = params.get("channels_last")

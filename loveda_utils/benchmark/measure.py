@@ -15,7 +15,7 @@ compare with their model zoo (README, "The protocol"):
   kept beside it (``fps_spread``): how steady the timing was.
 * **Inf time, fast**, :func:`measure_fps_fast`: the same timing under this package's own
   inference settings (:func:`fast_settings`: autocast on CUDA, channels-last where it pays,
-  as :func:`~loveda_utils.evaluation.inference.evaluate` runs), a separate, labelled figure and
+  as :func:`~loveda_utils.evaluation.loop.evaluate` runs), a separate, labelled figure and
   never MMSeg's column.
 * **GMACs**, :func:`count_complexity`, as ``get_flops.py`` (mmengine's
   ``get_model_complexity_info``, after fvcore): one fused multiply-add is one "FLOP", so their

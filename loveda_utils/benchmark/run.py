@@ -26,7 +26,7 @@ from ..data.classes import CLASS_NAMES
 from ..data.datamodule import LoveDADataModule
 from ..data.root import resolve_data_root
 from ..errors import CheckpointError
-from ..evaluation.inference import EvaluationResult, evaluate
+from ..evaluation.loop import EvaluationResult, evaluate
 from ..files import write_json_atomic
 from ..models.registry import get_spec
 from ..paths import DEMO_RESULTS_DIR, PROJECT_ROOT, RESULTS_DIR

@@ -5,7 +5,7 @@ The split's confusion matrix (README, "The protocol") is a sum over tiles. Keepi
 counts per tile and lets a reader resample tiles (:mod:`loveda_utils.evaluation.bootstrap`) or
 pair two runs tile by tile, without predicting again.
 
-- :class:`PerTileConfusion` is :func:`~loveda_utils.evaluation.inference.evaluate`'s counter: one
+- :class:`PerTileConfusion` is :func:`~loveda_utils.evaluation.loop.evaluate`'s counter: one
   ``torch.bincount`` per batch with the tile folded into the bin index (as
   :class:`~loveda_utils.evaluation.metrics.PerSceneConfusion` folds the scene), the overall and
   per-scene matrices then being sums of the tiles' counts. No extra pass over the pixels.

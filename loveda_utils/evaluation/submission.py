@@ -2,7 +2,7 @@
 
 The server (the LoveDA semantic-segmentation challenge on CodaLab) wants one PNG per Test
 image, named like the image, holding the class index 0..6 (background .. agriculture), with
-the files at the root of the zip, not in a folder. :func:`~loveda_utils.evaluation.inference.evaluate`
+the files at the root of the zip, not in a folder. :func:`~loveda_utils.evaluation.loop.evaluate`
 saves predictions in the raw LoveDA encoding 1..7 under
 ``<run_dir>/predictions/<Split>/<Scene>/``; this module checks them against the split's images
 (one prediction per image, each at its image's size) and converts and packs them.
@@ -30,7 +30,7 @@ _SHOWN = 5
 
 _HOW_TO_PREDICT = (
     "save predictions first: run notebooks/03_benchmark.ipynb with eval_split='{split}' and "
-    "save_predictions=True, or call loveda_utils.evaluation.inference.evaluate(model, loader, "
+    "save_predictions=True, or call loveda_utils.evaluation.loop.evaluate(model, loader, "
     "save_predictions_dir='{predictions}')"
 )
 

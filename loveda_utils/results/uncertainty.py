@@ -26,7 +26,7 @@ from ..evaluation.bootstrap import (
     BootstrapSettings,
     bootstrap_miou_ci,
 )
-from ..evaluation.inference import EvaluationResult
+from ..evaluation.loop import EvaluationResult
 from ..evaluation.per_tile import PER_TILE_FILE, TileConfusions, save_per_tile
 
 __all__ = ["SCENE_KEYS", "save_run_tiles", "uncertainty_fields"]
@@ -41,7 +41,7 @@ def _checked_tiles(result: EvaluationResult, which: str) -> TileConfusions:
     if not np.array_equal(tiles.total(), result.confusion.cpu().numpy()):
         raise ValueError(
             f"{which}.tiles do not sum to {which}.confusion ({len(tiles)} tiles); pass an "
-            "EvaluationResult made by loveda_utils.evaluation.inference.evaluate"
+            "EvaluationResult made by loveda_utils.evaluation.loop.evaluate"
         )
     return tiles
 

@@ -18,7 +18,7 @@ from loveda_utils.benchmark.estimate import evaluation_settings
 from loveda_utils.data.classes import NUM_CLASSES
 from loveda_utils.data.datamodule import collate
 from loveda_utils.data.dataset import LoveDASegmentation
-from loveda_utils.evaluation.inference import evaluate
+from loveda_utils.evaluation.loop import evaluate
 
 CUDA = torch.device("cuda")  # only a name here: nothing runs on it
 

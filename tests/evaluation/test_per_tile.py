@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 from loveda_utils.data.classes import NUM_CLASSES, raw_to_train
 from loveda_utils.data.datamodule import collate
 from loveda_utils.data.dataset import LoveDASegmentation
-from loveda_utils.evaluation.inference import evaluate
+from loveda_utils.evaluation.loop import evaluate
 from loveda_utils.evaluation.metrics import PerSceneConfusion, scores_from_confusion
 from loveda_utils.evaluation.per_tile import (
     PER_TILE_FILE,

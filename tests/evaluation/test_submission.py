@@ -14,7 +14,7 @@ from PIL import Image
 
 from loveda_utils.cli import main as cli
 from loveda_utils.errors import DatasetNotFoundError, InvalidDataError
-from loveda_utils.evaluation.inference import evaluate
+from loveda_utils.evaluation.loop import evaluate
 from loveda_utils.evaluation.submission import export_submission
 from loveda_utils.training.recipe import CONFIG_FILE
 

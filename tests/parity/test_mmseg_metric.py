@@ -1,6 +1,6 @@
 """MMSeg 1.2.2's ``IoUMetric`` on our saved predictions gives our scores.
 
-A small network is evaluated by :func:`loveda_utils.evaluation.inference.evaluate`, which saves its
+A small network is evaluated by :func:`loveda_utils.evaluation.loop.evaluate`, which saves its
 predictions as PNGs and returns the scores a results record is made of. MMSeg's metric (as
 its LoveDA config builds it) then reads those PNGs against the masks as MMSeg loads them
 (``LoadAnnotations(reduce_zero_label=True)``): per-class IoU, mIoU and aAcc must agree, both
@@ -24,7 +24,7 @@ from loveda_utils.data.classes import CLASS_NAMES, NUM_CLASSES
 from loveda_utils.data.datamodule import collate
 from loveda_utils.data.dataset import LoveDASegmentation
 from loveda_utils.data.transforms import eval_transforms
-from loveda_utils.evaluation.inference import evaluate, prediction_path
+from loveda_utils.evaluation.loop import evaluate, prediction_path
 
 
 class TinyNet(nn.Module):

@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader
 from loveda_utils.data.datamodule import collate
 from loveda_utils.data.dataset import LoveDASegmentation
 from loveda_utils.evaluation.bootstrap import BootstrapSettings, bootstrap_miou_ci
-from loveda_utils.evaluation.inference import EvaluationResult, evaluate
+from loveda_utils.evaluation.loop import EvaluationResult, evaluate
 from loveda_utils.evaluation.per_tile import PER_TILE_FILE, load_per_tile
 from loveda_utils.files import json_ready
 from loveda_utils.results.uncertainty import SCENE_KEYS, save_run_tiles, uncertainty_fields

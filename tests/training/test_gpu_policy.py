@@ -29,7 +29,7 @@ from loveda_utils.cli import build_parser
 from loveda_utils.cli import main as cli
 from loveda_utils.cli.train import train_settings
 from loveda_utils.errors import ConfigError
-from loveda_utils.evaluation import inference
+from loveda_utils.evaluation import loop
 from loveda_utils.training.recipe import MMSEG, QUICK
 from loveda_utils.training.sync_batchnorm import BatchNormSync
 from loveda_utils.training.trainer import build_datamodule, build_trainer, fit
@@ -208,10 +208,10 @@ def test_evaluation_is_fp32_on_cuda_unless_amp_is_asked_for(monkeypatch: pytest.
         chosen.append(runtime.amp_dtype(device, amp))
         raise Stop  # the dtype is chosen; nothing can run on a mocked GPU
 
-    monkeypatch.setattr(inference, "amp_dtype", spy)
+    monkeypatch.setattr(loop, "amp_dtype", spy)
     for kwargs in ({}, {"amp": True}):
         with pytest.raises(Stop):
-            inference.evaluate(lambda images: images, [], device="cuda", **kwargs)
+            loop.evaluate(lambda images: images, [], device="cuda", **kwargs)
     assert chosen == [None, torch.bfloat16]
     assert BenchmarkConfig(model=MODEL).eval_amp is False
 

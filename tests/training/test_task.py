@@ -14,7 +14,7 @@ import torch
 from loveda_utils.data.classes import IGNORE_INDEX, NUM_CLASSES
 from loveda_utils.data.datamodule import LoveDADataModule
 from loveda_utils.errors import CheckpointError, ConfigError
-from loveda_utils.evaluation.inference import evaluate
+from loveda_utils.evaluation.loop import evaluate
 from loveda_utils.evaluation.metrics import ConfusionMatrix
 from loveda_utils.training.checkpoint import last_checkpoint, load_checkpoint
 from loveda_utils.training.recipe import MMSEG, QUICK
