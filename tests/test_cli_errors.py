@@ -135,6 +135,10 @@ def test_export_submission_split(tmp_path: Path, capsys) -> None:
         (["train", "--optimizer", "x", "--run-dir", "r"], "argument --optimizer: invalid choice: 'x'"),
         (["train", "--model", MODEL], "the following arguments are required: --run-dir"),
         (["nosuch"], "invalid choice: 'nosuch'"),
+        # Both ran: -1 retries as 0, 0 workers as 1.
+        (["fetch-weights", "--retries", "-1"], "argument --retries: -1: must be an integer >= 0"),
+        (["check-data", "--workers", "0"], "argument --workers: 0: must be an integer >= 1"),
+        (["check-data", "--workers", "two"], "argument --workers: 'two' is not an integer"),
     ],
 )  # fmt: skip
 def test_argument_errors_are_one_line(capsys, argv: list[str], expected: str) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import checked_names, comma_list, command
+from .common import checked_names, comma_list, command, integer_at_least
 
 #: check-data's speed per tile, from ``benchmarks/check_data.py`` (README-ready; other hosts differ).
 CHECK_SPEED = """\
@@ -42,7 +42,8 @@ def _check_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-manifest", action="store_true",
                    help="do not compare with the LoveDA release manifest (for other data in "
                         "LoveDA's layout)")
-    p.add_argument("--workers", type=int, default=None, help="threads checking tiles (default: CPUs)")
+    p.add_argument("--workers", type=integer_at_least(1), default=None,
+                   help="threads checking tiles (default: CPUs)")
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.epilog = CHECK_SPEED
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import comma_list, command, model_names
+from .common import comma_list, command, integer_at_least, model_names
 
 _FETCH_LAYOUT = """\
 A mirror (--mirror), a --to folder and a --from folder share one layout:
@@ -35,7 +35,7 @@ def _fetch_weights_args(p: argparse.ArgumentParser) -> None:
     mode.add_argument("--to", metavar="DIR", help="copy the cached files to DIR (the layout below)")
     mode.add_argument("--from", dest="from_dir", metavar="DIR",
                       help="place the files from DIR (written by --to) into the caches")
-    p.add_argument("--retries", type=int, default=2,
+    p.add_argument("--retries", type=integer_at_least(0), default=2,
                    help="resume an interrupted download this many times (default 2)")
 
 

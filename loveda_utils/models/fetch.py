@@ -290,6 +290,8 @@ def fetch(
         progress: A progress bar per file on stderr (tqdm; off when stderr is not a terminal).
         log: Called with one line per file as it finishes (e.g. ``print``).
     """
+    if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:
+        raise ConfigError(f"retries={retries!r}: must be an integer >= 0 (0: no resume)")
     root = _mirror_root(mirror) if mirror is not None else None
     # Read once, and only when something is downloaded.
     sums = functools.cache(lambda: _mirror_sums(root) if root is not None else {})
@@ -320,14 +322,14 @@ def _fetch_one(
     sha256, size = hub_metadata(url) if file.hf_file is not None else (None, None)
     sha256 = sums().get(key, sha256)
     part = _part_path(file)
-    for attempt in range(max(retries, 0) + 1):
+    for attempt in range(retries + 1):
         try:
             download(url, part, file.path.name, progress)
             break
         except Unavailable as exc:
             return FileReport(file, "failed", str(exc))
         except Interrupted as exc:
-            if attempt == max(retries, 0):
+            if attempt == retries:
                 return FileReport(
                     file,
                     "failed",

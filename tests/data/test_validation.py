@@ -13,6 +13,7 @@ from PIL import Image
 from loveda_utils.cli import main as cli
 from loveda_utils.data.dataset import LoveDASegmentation
 from loveda_utils.data.validation import check_tree, class_frequencies
+from loveda_utils.errors import ConfigError
 
 
 def test_check_data_accepts_a_good_tree(tiny_tree: Path, capsys: pytest.CaptureFixture) -> None:
@@ -151,6 +152,13 @@ def test_other_files_are_listed_not_failed(tiny_tree: Path, capsys: pytest.Captu
     assert cli(["check-data", str(tiny_tree), "--no-manifest", "--quick"]) == 0
     out = capsys.readouterr().out
     assert "1 file(s) the loader ignores (not tiles):" in out and "Thumbs.db" in out
+
+
+@pytest.mark.parametrize("workers", [0, -1, 1.5, True])
+def test_workers_below_one_are_refused(tiny_tree: Path, workers) -> None:
+    """``workers=0`` used to check on one thread, as if 1 had been asked for."""
+    with pytest.raises(ConfigError, match=rf"workers={workers!r}: use None \(the CPU count\) or a positive integer"):
+        check_tree(tiny_tree, workers=workers)
 
 
 # -- command line ------------------------------------------------------------------------------

@@ -26,8 +26,8 @@ import pytest
 import torch
 
 from loveda_utils.cli import main
-from loveda_utils.errors import WeightsError
-from loveda_utils.models.fetch import SUMS_FILE, layout_path, needed_files
+from loveda_utils.errors import ConfigError, WeightsError
+from loveda_utils.models.fetch import SUMS_FILE, fetch, layout_path, needed_files
 from loveda_utils.models.registry import available_models
 from loveda_utils.models.weights import weight_files
 from loveda_utils.models.wrapper import build_model
@@ -304,6 +304,13 @@ def test_mmseg_profile_check_lists_every_model(caches: dict[str, Path], capsys) 
 
 
 # --------------------------------------------------------------------------- fetching
+
+
+@pytest.mark.parametrize("retries", [-1, 1.5, None])
+def test_fetch_refuses_retries_below_zero_before_reading_anything(retries) -> None:
+    """``retries=-1`` used to run as 0; no file list or mirror is read first."""
+    with pytest.raises(ConfigError, match=rf"retries={retries!r}: must be an integer >= 0"):
+        fetch(needed_files([TORCH_MODEL]), "http://127.0.0.1:9/unused", retries=retries)
 
 
 def test_fetch_places_files_where_build_model_reads_them_offline(
