@@ -166,8 +166,7 @@ def _run_settings() -> tuple[str, ...]:
 def parameter_defaults() -> dict[str, Any]:
     """Every parameter of the notebook with its default, in the parameters cell's terms: the
     recipe fields ``None`` (the named recipe's value)."""
-    own = {f.name: f.default for f in dataclasses.fields(BenchmarkConfig)}
-    del own["training_recipe"]
+    own = {f.name: f.default for f in dataclasses.fields(BenchmarkConfig) if f.name in _run_settings()}
     return own | {RECIPE_PARAMETER: DEFAULT_RECIPE} | dict.fromkeys(RECIPE_FIELDS)
 
 
