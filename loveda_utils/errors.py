@@ -1,4 +1,5 @@
-"""Error classes. Each message names the argument or file at fault and says how to fix it."""
+"""Error classes, and the one integer check behind their messages. Each message names the
+argument or file at fault and says how to fix it."""
 
 from __future__ import annotations
 
@@ -52,3 +53,12 @@ class PreflightError(LoveDAError):
     def __init__(self, message: str, report: object = None) -> None:
         super().__init__(message)
         self.report = report
+
+
+def check_int(name: str, value: object, minimum: int = 1, hint: str = "") -> None:
+    """Refuse anything but an ``int`` of at least ``minimum`` (a ``bool`` is not one) for the
+    parameter ``name``: a :class:`ConfigError` naming it and its value, then ``hint`` (e.g. what
+    the edge value means)."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        bound = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+        raise ConfigError(f"{name}={value!r}: must be {bound}{hint}")

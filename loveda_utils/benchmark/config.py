@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ..data.classes import normalize_scenes, normalize_split
-from ..errors import ConfigError
+from ..errors import ConfigError, check_int
 from ..evaluation.inference import Mode
 from ..models.registry import get_spec
 from ..models.state_dict import looks_like_path
@@ -37,7 +37,6 @@ from ..training.recipe import (
     RECIPE_PARAMETER,
     RECIPES,
     Recipe,
-    check_positive_int,
     read_run_config,
     write_run_config,
 )
@@ -129,11 +128,9 @@ class BenchmarkConfig:
         if self.results_dir:  # against the caller's directory, before anyone changes it
             self.results_dir = _absolute(self.results_dir)
         for name in ("fps_images", "eval_batch_size"):
-            check_positive_int(name, getattr(self, name))
+            check_int(name, getattr(self, name))
         for name in ("fps_warmup", "mem_steps"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise ConfigError(f"{name}={value!r}: must be an integer >= 0")
+            check_int(name, getattr(self, name), minimum=0)
         if self.limit_eval_images is not None and self.limit_eval_images < 1:
             raise ConfigError(f"limit_eval_images={self.limit_eval_images}: use None or a positive integer")
         if self.eval_mode not in ("whole", "slide"):

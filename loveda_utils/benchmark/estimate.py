@@ -27,10 +27,11 @@ import torch
 
 from ..data.root import resolve_data_root
 from ..data.synthetic import is_synthetic
+from ..errors import check_int
 from ..evaluation.inference import MS_FLIP_SCALES
 from ..models.registry import get_spec
 from ..runtime import amp_dtype, autocast, channels_last_for, resolve_device, synchronize
-from ..training.recipe import Recipe, check_positive_int
+from ..training.recipe import Recipe
 from ..training.trainer import build_datamodule, fit
 from .config import BenchmarkConfig
 from .measure import count_complexity, count_params
@@ -170,7 +171,7 @@ def estimate(
     """
     import pandas as pd
 
-    check_positive_int("steps", steps)  # timed in a child process: refused here, named
+    check_int("steps", steps)  # timed in a child process: refused here, named
     prof = get_profile(profile)
     root = resolve_data_root(data_root)
     names = list(models) if models else list(prof.models)

@@ -13,6 +13,8 @@ from typing import Any
 
 from torch.utils.data import Dataset
 
+from ..errors import check_int
+
 __all__ = ["ReadAhead"]
 
 
@@ -44,9 +46,8 @@ class ReadAhead(Dataset):
         ahead: tiles per burst (default ``4 * threads``).
         """
         ahead = 4 * threads if ahead is None and isinstance(threads, int) else ahead
-        for name, value in (("threads", threads), ("ahead", ahead)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        check_int("threads", threads)
+        check_int("ahead", ahead)
         self.dataset = dataset
         self.threads = threads
         self.ahead = ahead

@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from ..errors import ConfigError, DatasetNotFoundError, InvalidDataError
+from ..errors import DatasetNotFoundError, InvalidDataError, check_int
 from . import manifest
 from .classes import (
     MAX_RAW_VALUE,
@@ -260,8 +260,8 @@ def check_tree(
         ValueError: for an unknown ``level``, split or scene; a
             :class:`~loveda_utils.errors.ConfigError` for ``workers`` below 1.
     """
-    if workers is not None and (not isinstance(workers, int) or isinstance(workers, bool) or workers < 1):
-        raise ConfigError(f"workers={workers!r}: use None (the CPU count) or a positive integer")
+    if workers is not None:
+        check_int("workers", workers, hint=" (None: the CPU count)")
     if level not in LEVELS:
         raise ValueError(f"level={level!r}: use one of {', '.join(LEVELS)}")
     root = Path(root)

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from ..data.classes import CLASS_NAMES
-from ..errors import ConfigError
+from ..errors import ConfigError, check_int
 
 __all__ = [
     "BOOTSTRAP_LEVEL",
@@ -63,10 +63,8 @@ class BootstrapSettings:
     level: float = BOOTSTRAP_LEVEL
 
     def __post_init__(self) -> None:
-        if not isinstance(self.resamples, int) or isinstance(self.resamples, bool) or self.resamples < 1:
-            raise ConfigError(f"resamples must be a positive int, got {self.resamples!r}")
-        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
-            raise ConfigError(f"seed must be a non-negative int, got {self.seed!r}")
+        check_int("resamples", self.resamples)
+        check_int("seed", self.seed, minimum=0)
         if not 0.0 < float(self.level) < 1.0:
             raise ConfigError(f"level must be in (0, 1), e.g. 0.95, got {self.level!r}")
 

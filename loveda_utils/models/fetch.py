@@ -60,7 +60,7 @@ from pathlib import Path, PurePosixPath
 from urllib.error import URLError
 from urllib.parse import quote, urlparse
 
-from ..errors import ConfigError
+from ..errors import ConfigError, check_int
 from ..files import atomic_output, write_text_atomic
 from .caches import WeightFile, find_weight_file
 from .download import (
@@ -290,8 +290,7 @@ def fetch(
         progress: A progress bar per file on stderr (tqdm; off when stderr is not a terminal).
         log: Called with one line per file as it finishes (e.g. ``print``).
     """
-    if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:
-        raise ConfigError(f"retries={retries!r}: must be an integer >= 0 (0: no resume)")
+    check_int("retries", retries, minimum=0, hint=" (0: no resume)")
     root = _mirror_root(mirror) if mirror is not None else None
     # Read once, and only when something is downloaded.
     sums = functools.cache(lambda: _mirror_sums(root) if root is not None else {})

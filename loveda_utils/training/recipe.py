@@ -34,7 +34,7 @@ from typing import Any
 import yaml
 
 from ..data.transforms import FIDELITIES
-from ..errors import ConfigError
+from ..errors import ConfigError, check_int
 from ..files import write_text_atomic
 from ..runtime import lightning_precision
 
@@ -97,7 +97,7 @@ class Recipe:
         if self.optimizer not in OPTIMIZERS:
             raise ConfigError(f"optimizer={self.optimizer!r}: use one of {', '.join(OPTIMIZERS)}")
         for name in ("max_steps", "crop_size", "batch_size"):
-            check_positive_int(name, getattr(self, name))
+            check_int(name, getattr(self, name))
         for name in ("lr", "poly_power"):
             if not _is_number(getattr(self, name)) or getattr(self, name) <= 0:
                 raise ConfigError(f"{name}={getattr(self, name)!r}: must be a positive number")
@@ -164,12 +164,6 @@ class Recipe:
         return base.replace(**changes)
 
 
-def check_positive_int(name: str, value: Any) -> None:
-    """Refuse anything but a positive ``int`` (``bool`` included) for parameter ``name``."""
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ConfigError(f"{name}={value!r}: must be a positive integer")
-
-
 def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
@@ -234,7 +228,7 @@ def checkpoint_interval(max_steps: int) -> int:
     >>> checkpoint_interval(80_000), checkpoint_interval(150), checkpoint_interval(6)
     (1000, 15, 1)
     """
-    check_positive_int("max_steps", max_steps)
+    check_int("max_steps", max_steps)
     return max(1, min(CHECKPOINT_EVERY, max_steps // CHECKPOINTS_PER_SCHEDULE))
 
 

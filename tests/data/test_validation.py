@@ -157,7 +157,7 @@ def test_other_files_are_listed_not_failed(tiny_tree: Path, capsys: pytest.Captu
 @pytest.mark.parametrize("workers", [0, -1, 1.5, True])
 def test_workers_below_one_are_refused(tiny_tree: Path, workers) -> None:
     """``workers=0`` used to check on one thread, as if 1 had been asked for."""
-    with pytest.raises(ConfigError, match=rf"workers={workers!r}: use None \(the CPU count\) or a positive integer"):
+    with pytest.raises(ConfigError, match=rf"workers={workers!r}: must be a positive integer \(None: the CPU count\)"):
         check_tree(tiny_tree, workers=workers)
 
 

@@ -174,9 +174,9 @@ def test_bad_input_is_refused() -> None:
         bootstrap_miou_ci(np.zeros((3, C, C), dtype=np.int64))
     with pytest.raises(ConfigError, match="level must be in"):
         BootstrapSettings(level=95)
-    with pytest.raises(ConfigError, match="resamples must be"):
+    with pytest.raises(ConfigError, match="resamples=0: must be a positive integer"):
         BootstrapSettings(resamples=0)
-    with pytest.raises(ConfigError, match="seed must be"):
+    with pytest.raises(ConfigError, match="seed=-1: must be an integer >= 0"):
         BootstrapSettings(seed=-1)
 
 
