@@ -118,6 +118,11 @@ def needs_gpu(run: Job) -> bool:
     return run.config.training_recipe.name in GPU_RECIPES
 
 
+def _gpu_recipes(runs: Iterable[Job]) -> list[str]:
+    """The GPU recipes the runs train with, sorted (for the findings' text)."""
+    return sorted({r.config.training_recipe.name for r in runs if needs_gpu(r)})
+
+
 def _one_per_model(runs: Iterable[Job]) -> list[Job]:
     """The first run of each model: a profile's variants (its train scenes) share the model's
     weights and training memory."""
@@ -152,7 +157,7 @@ class _EvalTiles:
 def check_data(runs: Sequence[Job], root: Path) -> tuple[list[Finding], _EvalTiles]:
     """One row per split the runs read; every release tile of its scenes must be there."""
     synthetic = is_synthetic(root)
-    gpu_recipes = sorted({r.config.training_recipe.name for r in runs if needs_gpu(r)})
+    gpu_recipes = _gpu_recipes(runs)
     findings, tiles = [], _EvalTiles()
     invalid: dict[str, list[str]] = {}  # split -> scenes, where check_tree found problems
     for split, needed in sorted(_data_needs(runs).items(), key=lambda kv: SPLITS.index(kv[0])):
@@ -259,7 +264,7 @@ def check_devices(
     smallest of ``devices`` (the models share them, one per device). ``footprints``: the
     models' footprints with activations (a model missing from them is left out), computed
     here when not given."""
-    needing = sorted({r.config.training_recipe.name for r in runs if needs_gpu(r)})
+    needing = _gpu_recipes(runs)
     if not devices:
         if not needing:
             return [Finding("gpu", "cuda", OK, "none visible: these recipes run on the CPU")]

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
+from pixel_net import PixelNet
 from torch.utils.data import DataLoader
 
 from loveda_utils import runtime
 from loveda_utils.benchmark.config import BenchmarkConfig
 from loveda_utils.benchmark.estimate import evaluation_settings
-from loveda_utils.data.classes import NUM_CLASSES
 from loveda_utils.data.datamodule import collate
 from loveda_utils.data.dataset import LoveDASegmentation
 from loveda_utils.evaluation.loop import evaluate
@@ -41,15 +40,6 @@ def test_eval_amp_is_projected_under_the_runtimes_autocast(
     assert evaluation_settings(CUDA, {"eval_amp": True, "channels_last": False}) == (dtype, False)
 
 
-class TinyNet(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(3, NUM_CLASSES, 3, padding=1)
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.conv(images.float() / 255.0)
-
-
 @pytest.mark.parametrize(
     "params",
     [{}, {"eval_amp": True}, {"channels_last": False}, {"eval_amp": True, "channels_last": True}],
@@ -62,7 +52,7 @@ def test_the_projection_runs_as_evaluate_runs(tiny_tree, params: dict) -> None:
         LoveDASegmentation(tiny_tree, "val", "both"), batch_size=1, collate_fn=collate
     )
     result = evaluate(
-        TinyNet(),
+        PixelNet(),
         loader,
         device=cpu,
         limit_images=1,
