@@ -317,7 +317,7 @@ def _resolve_torchgeo_weights(spec: ModelSpec, name: str) -> WeightsEnum:
         raise WeightsError(
             f"torchgeo weights {full} (dataset {dataset!r}) have no LoveDA normalisation "
             "decided yet: read their `transforms` and add an entry to "
-            "loveda_utils.models.weights.EO_NORMALIZATION."
+            "loveda_utils.models.normalization.EO_NORMALIZATION."
         )
     return weights
 

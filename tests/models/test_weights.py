@@ -440,3 +440,17 @@ def test_a_family_without_imagenet_weights_says_what_to_use(
     monkeypatch.delitem(weights.IMAGENET_SOURCES, "smp")
     with pytest.raises(WeightsError, match=r"'unet_resnet18'.*'smp' has no ImageNet.*'default'"):
         build_model("unet_resnet18", pretrained="imagenet")
+
+
+def test_weights_without_a_normalisation_name_the_table_to_extend(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The message named ``loveda_utils.models.weights.EO_NORMALIZATION``; the table is defined
+    (and its reasons written) in ``loveda_utils.models.normalization`` since it moved there."""
+    from loveda_utils.models import normalization, weights
+
+    monkeypatch.setattr(weights, "EO_NORMALIZATION", {})  # as for weights no entry covers
+    with pytest.raises(WeightsError, match=r"dataset 'SSL4EO-S12'.*add an entry to "
+                       r"loveda_utils\.models\.normalization\.EO_NORMALIZATION\.$"):
+        build_model("unet_resnet18_ssl4eo_moco", pretrained="default")
+    assert "SSL4EO-S12" in normalization.EO_NORMALIZATION
